@@ -1,0 +1,272 @@
+"""Vanilla (Elman) RNN kernels for the CPU: forward recurrence and backpropagation through time.
+
+One layer, one direction, a batch of sequences::
+
+    a<t> = g(W_hh a<t-1> + W_ih x<t> + b_ih + b_hh)
+
+optionally followed by ``D`` extra *deep transition* layers inside the recurrence (Pascanu et al.
+2014, "How to construct deep recurrent neural networks")::
+
+    u_0<t> = g(W_hh a<t-1> + W_ih x<t> + b),   u_k<t> = g(W_tr_k u_{k-1}<t> + b_tr_k),   a<t> = u_D<t>
+
+Only the step-by-step recurrence is compiled (:func:`rnn_recurrence`,
+:func:`rnn_recurrence_backward`); the input projection before the loop and the weight gradients
+after it are single large matrix products (:func:`rnn_layer_forward`, :func:`rnn_layer_backward`).
+The batch is split into one chunk per thread *outside* the time loop, and every sum runs in a
+fixed order, so results are bitwise reproducible and independent of the thread count.
+"""
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from ...activations import activate, derivative_from_output
+
+
+@njit(cache=True, parallel=True)
+def rnn_recurrence(w_hh_t, w_tr_t, b_tr, h0, act, reverse, states, n_chunks):
+    """Run the recurrence of one layer in one direction, in place.
+
+    Parameters
+    ----------
+    w_hh_t : ndarray, shape (H, H)
+        The *transpose* of ``W_hh`` (C-contiguous), so that the inner loop is a contiguous axpy.
+    w_tr_t : ndarray, shape (D, H, H)
+        Transposes of the deep-transition weights ``W_tr_k`` (``D = 0`` for a plain cell).
+    b_tr : ndarray, shape (D, H)
+        Deep-transition biases.
+    h0 : ndarray, shape (B, H)
+        Initial hidden state.
+    act : int
+        Activation code (:mod:`rnnlab.activations`).
+    reverse : bool
+        Process the sequence from ``t = T-1`` down to ``0`` (the backward direction of a
+        bidirectional layer).
+    states : ndarray, shape (D + 1, T, B, H)
+        On entry ``states[0]`` holds the input projection ``W_ih x<t> + b``; on exit
+        ``states[k, t]`` is ``u_k<t>`` and ``states[D]`` the hidden states ``a<t>``.
+    n_chunks : int
+        Number of batch chunks run in parallel (each runs the whole time loop), at most B.
+    """
+    depth = w_tr_t.shape[0]
+    n_steps, batch, hidden = states.shape[1], states.shape[2], states.shape[3]
+    for c in prange(n_chunks):
+        b0 = c * batch // n_chunks
+        b1 = (c + 1) * batch // n_chunks
+        for s in range(n_steps):
+            t = n_steps - 1 - s if reverse else s
+            prev = h0 if s == 0 else states[depth, t + 1 if reverse else t - 1]
+            z = states[0, t]
+            # j outer, rows of the chunk in the middle: each row of W_hh^T is read once per step
+            for j in range(hidden):
+                w_row = w_hh_t[j]
+                for b in range(b0, b1):
+                    a_j = prev[b, j]
+                    z_b = z[b]
+                    for i in range(hidden):
+                        z_b[i] += a_j * w_row[i]
+            for b in range(b0, b1):
+                for i in range(hidden):
+                    z[b, i] = activate(act, z[b, i])
+            for k in range(1, depth + 1):
+                u_in = states[k - 1, t]
+                u = states[k, t]
+                for b in range(b0, b1):
+                    for i in range(hidden):
+                        u[b, i] = b_tr[k - 1, i]
+                for j in range(hidden):
+                    w_row = w_tr_t[k - 1, j]
+                    for b in range(b0, b1):
+                        u_j = u_in[b, j]
+                        u_b = u[b]
+                        for i in range(hidden):
+                            u_b[i] += u_j * w_row[i]
+                for b in range(b0, b1):
+                    for i in range(hidden):
+                        u[b, i] = activate(act, u[b, i])
+
+
+@njit(cache=True, parallel=True)
+def rnn_recurrence_backward(w_hh, w_tr, states, d_out, dh_n, act, reverse, dz, dh0, n_chunks):
+    """Backpropagate through time for one layer in one direction.
+
+    Parameters
+    ----------
+    w_hh : ndarray, shape (H, H)
+        Recurrent weights (PyTorch layout, not transposed).
+    w_tr : ndarray, shape (D, H, H)
+        Deep-transition weights (PyTorch layout).
+    states : ndarray, shape (D + 1, T, B, H)
+        The ``states`` filled by :func:`rnn_recurrence`.
+    d_out : ndarray, shape (T, B, H)
+        Gradient of the loss with respect to the layer's output ``a<t>`` at every step (from the
+        loss or the layer above), not including the recurrent path.
+    dh_n : ndarray, shape (B, H)
+        Gradient with respect to the final hidden state.
+    act : int
+        Activation code.
+    reverse : bool
+        Direction used in the forward pass.
+    dz : ndarray, shape (D + 1, T, B, H)
+        Output: gradient with respect to every pre-activation, ``dz[0]`` for the cell's own and
+        ``dz[k]`` for transition layer ``k``. The weight gradients are products of these.
+    dh0 : ndarray, shape (B, H)
+        Output: gradient with respect to the initial hidden state.
+    n_chunks : int
+        Number of batch chunks run in parallel, at most B.
+    """
+    depth = w_tr.shape[0]
+    n_steps, batch, hidden = states.shape[1], states.shape[2], states.shape[3]
+    for c in prange(n_chunks):
+        b0 = c * batch // n_chunks
+        b1 = (c + 1) * batch // n_chunks
+        nb = b1 - b0
+        carry = np.empty((nb, hidden), dtype=states.dtype)  # dL/da<t> through a<t+1>
+        g = np.empty((nb, hidden), dtype=states.dtype)  # total dL/da<t>, then dL/du_k<t>
+        for bb in range(nb):
+            for i in range(hidden):
+                carry[bb, i] = dh_n[b0 + bb, i]
+        for s in range(n_steps - 1, -1, -1):
+            t = n_steps - 1 - s if reverse else s
+            for bb in range(nb):
+                for i in range(hidden):
+                    g[bb, i] = d_out[t, b0 + bb, i] + carry[bb, i]
+            for k in range(depth, 0, -1):
+                u = states[k, t]
+                dz_k = dz[k, t]
+                for bb in range(nb):
+                    for i in range(hidden):
+                        dz_k[b0 + bb, i] = g[bb, i] * derivative_from_output(act, u[b0 + bb, i])
+                g[:, :] = 0
+                for i in range(hidden):
+                    w_row = w_tr[k - 1, i]
+                    for bb in range(nb):
+                        d_i = dz_k[b0 + bb, i]
+                        g_b = g[bb]
+                        for j in range(hidden):
+                            g_b[j] += d_i * w_row[j]
+            a = states[0, t]
+            dz_0 = dz[0, t]
+            for bb in range(nb):
+                for i in range(hidden):
+                    dz_0[b0 + bb, i] = g[bb, i] * derivative_from_output(act, a[b0 + bb, i])
+            carry[:, :] = 0
+            for i in range(hidden):
+                w_row = w_hh[i]
+                for bb in range(nb):
+                    d_i = dz_0[b0 + bb, i]
+                    c_b = carry[bb]
+                    for j in range(hidden):
+                        c_b[j] += d_i * w_row[j]
+        for bb in range(nb):
+            for i in range(hidden):
+                dh0[b0 + bb, i] = carry[bb, i]
+
+
+def rnn_layer_forward(x, w_ih, w_hh, bias, w_tr, b_tr, h0, act, reverse=False):
+    """Forward pass of one vanilla layer in one direction.
+
+    Parameters
+    ----------
+    x : ndarray, shape (T, B, I)
+        Layer input, C-contiguous, in the model's dtype.
+    w_ih : ndarray, shape (H, I)
+        Input weights.
+    w_hh : ndarray, shape (H, H)
+        Recurrent weights.
+    bias : ndarray, shape (H,) or None
+        ``b_ih + b_hh`` (the two PyTorch biases enter only as their sum).
+    w_tr : ndarray, shape (D, H, H)
+        Deep-transition weights (``D = 0`` for the plain cell).
+    b_tr : ndarray, shape (D, H)
+        Deep-transition biases.
+    h0 : ndarray, shape (B, H)
+        Initial state.
+    act : int
+        Activation code.
+    reverse : bool, optional
+        Read the sequence backwards.
+
+    Returns
+    -------
+    states : ndarray, shape (D + 1, T, B, H)
+        ``states[D]`` are the hidden states (the layer's output); the others are the
+        deep-transition intermediates, kept for :func:`rnn_layer_backward`.
+    """
+    n_steps, batch, n_in = x.shape
+    hidden = w_hh.shape[0]
+    depth = w_tr.shape[0]
+    states = np.empty((depth + 1, n_steps, batch, hidden), dtype=x.dtype)
+    # the input projection of every step at once: one GEMM over T*B rows
+    np.matmul(x.reshape(n_steps * batch, n_in), w_ih.T, out=states[0].reshape(-1, hidden))
+    if bias is not None:
+        states[0] += bias
+    w_tr_t = np.ascontiguousarray(w_tr.transpose(0, 2, 1))
+    rnn_recurrence(np.ascontiguousarray(w_hh.T), w_tr_t, b_tr, h0, act, reverse, states,
+                   n_chunks(batch))
+    return states
+
+
+def n_chunks(batch):
+    """Number of batch chunks to run in parallel: one per Numba thread, at most one per row."""
+    return max(1, min(batch, numba.get_num_threads()))
+
+
+def _sum_rows(a):
+    # float32 gradients summed over T*B rows lose digits when accumulated in float32
+    return a.sum(axis=0, dtype=np.float64).astype(a.dtype)
+
+
+def rnn_layer_backward(x, w_ih, w_hh, w_tr, h0, states, d_out, dh_n, act, reverse=False):
+    """Backward pass (BPTT) of one vanilla layer in one direction.
+
+    Parameters
+    ----------
+    x, w_ih, w_hh, w_tr, h0, act, reverse
+        As given to :func:`rnn_layer_forward`.
+    states : ndarray, shape (D + 1, T, B, H)
+        Returned by :func:`rnn_layer_forward`.
+    d_out : ndarray, shape (T, B, H)
+        Gradient with respect to the layer's outputs.
+    dh_n : ndarray, shape (B, H)
+        Gradient with respect to the final hidden state.
+
+    Returns
+    -------
+    dict
+        ``"input"`` (T, B, I), ``"h0"`` (B, H), ``"weight_ih"``, ``"weight_hh"``, ``"bias"``
+        (gradient of ``b_ih``, equal to that of ``b_hh``), ``"weight_tr"`` (D, H, H),
+        ``"bias_tr"`` (D, H), and ``"dz"``, the per-step pre-activation gradients.
+    """
+    depth, n_steps, batch, hidden = states.shape
+    depth -= 1
+    n_in = x.shape[2]
+    dz = np.empty_like(states)
+    dh0 = np.empty_like(h0)
+    rnn_recurrence_backward(w_hh, w_tr, states, d_out, dh_n, act, reverse, dz, dh0,
+                            n_chunks(batch))
+
+    dz0 = dz[0].reshape(-1, hidden)
+    # dW_hh = sum_t dz<t>^T a<t-1>: one GEMM over the (T-1)*B rows that have a previous state
+    # inside the sequence, plus the first step's product with h0
+    first, rest, prev = (n_steps - 1, slice(0, -1), slice(1, None)) if reverse else (
+        0, slice(1, None), slice(0, -1))
+    d_w_hh = dz[0, first].T @ h0
+    if n_steps > 1:
+        d_w_hh += dz[0, rest].reshape(-1, hidden).T @ states[depth, prev].reshape(-1, hidden)
+    d_w_tr = np.empty_like(w_tr)
+    d_b_tr = np.empty((depth, hidden), dtype=states.dtype)
+    for k in range(1, depth + 1):
+        dz_k = dz[k].reshape(-1, hidden)
+        d_w_tr[k - 1] = dz_k.T @ states[k - 1].reshape(-1, hidden)
+        d_b_tr[k - 1] = _sum_rows(dz_k)
+    return {
+        "input": (dz0 @ w_ih).reshape(n_steps, batch, n_in),
+        "h0": dh0,
+        "weight_ih": dz0.T @ x.reshape(-1, n_in),
+        "weight_hh": d_w_hh,
+        "bias": _sum_rows(dz0),
+        "weight_tr": d_w_tr,
+        "bias_tr": d_b_tr,
+        "dz": dz,
+    }
