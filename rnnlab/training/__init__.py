@@ -1,0 +1,5 @@
+"""Training: optimisers (more in the training issue: clipping, truncated/checkpointed BPTT)."""
+
+from .optimizers import SGD
+
+__all__ = ["SGD"]
