@@ -1,6 +1,6 @@
 """rnnlab: gradient flow in recurrent neural networks, on Numba kernels."""
 
 from ._version import __version__
-from .layers import RNN
+from .layers import GRU, LSTM, RNN
 
-__all__ = ["RNN", "__version__"]
+__all__ = ["RNN", "LSTM", "GRU", "__version__"]

@@ -118,6 +118,40 @@ def _fast_tanh_overload(z):
     return None
 
 
+_HALF32 = np.float32(0.5)
+
+
+def fast_sigmoid(z):
+    """Logistic function in the precision of ``z``, branch-free so that gate loops vectorise.
+
+    float32: ``0.5 + 0.5 * fast_tanh(0.5 z)`` (absolute error below 1e-7, no division by
+    ``1 + exp``, no libm call). float64: the exact, overflow-free ``exp(-|z|)`` form, whatever the
+    sign of ``z``. Used by the LSTM and GRU gates on CPU and CUDA.
+    """
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+@overload(fast_sigmoid)
+def _fast_sigmoid_overload(z):
+    if isinstance(z, types.Float) and z.bitwidth == 32:
+        half = _HALF32
+
+        def impl(z):
+            return half + half * fast_tanh(half * z)
+
+        return impl
+    if isinstance(z, types.Float):
+
+        def impl(z):
+            e = math.exp(-abs(z))
+            s = 1.0 / (1.0 + e)
+            return s if z >= 0 else e * s
+
+        return impl
+    return None
+
+
 @register_jitable
 def sigmoid(z):
     """Logistic function, overflow-free for either sign of ``z``."""

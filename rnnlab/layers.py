@@ -11,6 +11,8 @@ import numpy as np
 from . import _validation as v
 from ._blas import blas_threads_for
 from .activations import activation_code
+from .kernels.cpu.gru import gru_layer_backward, gru_layer_forward
+from .kernels.cpu.lstm import lstm_layer_backward, lstm_layer_forward
 from .kernels.cpu.vanilla import rnn_layer_backward, rnn_layer_forward
 
 
@@ -135,11 +137,16 @@ class RecurrentLayer:
         self._params = new
 
     # ----------------------------------------------------------------------------- layouts
+    #: The recurrent states, named as their gradients in :meth:`backward`'s result (the LSTM
+    #: adds ``"c0"``), and the arguments that carry the gradients of their final values.
+    _state_names = ("h0",)
+    _final_grad_names = ("d_hn",)
+
     def _state_shape(self, batch):
         return (self.num_directions * self.num_layers, batch, self.hidden_size)
 
-    def _prepare(self, x, h0, name_x="x", name_h0="h0"):
-        """Validate the input and initial state; return time-major arrays and the layout."""
+    def _prepare_input(self, x, name_x="x"):
+        """Validate the input; return it time-major and C-contiguous, and whether unbatched."""
         x = v.to_numpy(x, name_x)
         if x.ndim not in (2, 3):
             raise ValueError(f"{name_x} must have 3 dimensions (T, B, input_size) or 2 (T, "
@@ -160,8 +167,12 @@ class RecurrentLayer:
                              f"input_size = {self.input_size}")
         if not np.isfinite(x).all():
             raise ValueError(f"{name_x} contains NaN or Inf values")
-        x = np.ascontiguousarray(x)
-        h0 = self._prepare_state(h0, name_h0, batch, unbatched)
+        return np.ascontiguousarray(x), unbatched
+
+    def _prepare(self, x, h0, name_x="x", name_h0="h0"):
+        """Validate the input and initial state; return time-major arrays and the layout."""
+        x, unbatched = self._prepare_input(x, name_x)
+        h0 = self._prepare_state(h0, name_h0, x.shape[1], unbatched)
         return x, h0, unbatched
 
     def _prepare_state(self, h0, name, batch, unbatched):
@@ -198,9 +209,13 @@ class RecurrentLayer:
         width = max(self.input_size, self.num_directions * self.hidden_size)
         return n_steps * batch * self.gate_count * self.hidden_size * width
 
+    def _config(self):
+        return (type(self).__name__, self.input_size, self.hidden_size, self.num_layers,
+                self.num_directions, self.dtype)
+
     # ----------------------------------------------------------------------------- forward
-    def __call__(self, x, h0=None):
-        return self.forward(x, h0)
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
 
     def forward(self, x, h0=None):
         """Run the network over a sequence.
@@ -234,29 +249,46 @@ class RecurrentLayer:
         cache : dict
             Inputs and per-layer states kept for backpropagation.
         """
-        x, h0, unbatched = self._prepare(x, h0)
+        output, (h_n,), cache = self._forward_states(x, (h0,))
+        return output, h_n, cache
+
+    def _forward_states(self, x, init):
+        """Validate, then run every layer and direction.
+
+        ``init`` holds the user's initial states (or ``None``s), one per :attr:`_state_names`.
+        Returns the output, the final states (one array each, in the user's layout) and the
+        cache.
+        """
+        x, unbatched = self._prepare_input(x)
+        init = tuple(self._prepare_state(s, name, x.shape[1], unbatched)
+                     for s, name in zip(init, self._state_names))
+        return self._forward_prepared(x, init, unbatched)
+
+    def _forward_prepared(self, x, init, unbatched):
         n_steps, batch, _ = x.shape
         inputs, states = [], {}
-        h_n = np.empty_like(h0)
+        finals = tuple(np.empty_like(s) for s in init)
         layer_in = x
         with blas_threads_for(self._work(n_steps, batch)):
             for layer in range(self.num_layers):
                 outs = []
                 for direction in range(self.num_directions):
                     idx = layer * self.num_directions + direction
-                    st = self._layer_forward(layer, direction, layer_in, h0[idx])
+                    st = self._layer_forward(layer, direction, layer_in,
+                                             tuple(s[idx] for s in init))
                     states[layer, direction] = st
-                    out = self._layer_output(st)
-                    h_n[idx] = out[0 if direction else n_steps - 1]
-                    outs.append(out)
+                    for final, value in zip(finals, self._layer_final(st, direction)):
+                        final[idx] = value
+                    outs.append(self._layer_output(st))
                 inputs.append(layer_in)
                 layer_in = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=2)
-        cache = {"inputs": inputs, "states": states, "h0": h0, "unbatched": unbatched,
-                 "n_steps": n_steps, "batch": batch}
+        cache = {"inputs": inputs, "states": states, "init": init, "h0": init[0],
+                 "unbatched": unbatched, "n_steps": n_steps, "batch": batch,
+                 "config": self._config()}
         output = self._to_user_layout(layer_in, unbatched)
         if unbatched:
-            h_n = h_n[:, 0]
-        return output, h_n, cache
+            finals = tuple(f[:, 0] for f in finals)
+        return output, finals, cache
 
     # ----------------------------------------------------------------------------- backward
     def backward(self, x, d_output=None, h0=None, d_hn=None):
@@ -282,8 +314,36 @@ class RecurrentLayer:
             The gradient of every parameter under its state_dict name, plus ``"input"`` (shaped
             like ``x``) and ``"h0"`` (shaped like ``h_n``).
         """
-        _, _, cache = self.forward_with_cache(x, h0)
-        return self.backward_from_cache(cache, d_output, d_hn)
+        return self._backward_states(x, (h0,), d_output, (d_hn,))
+
+    def _backward_states(self, x, init, d_output, d_finals):
+        # every argument is checked before the forward pass runs
+        x, unbatched = self._prepare_input(x)
+        n_steps, batch, _ = x.shape
+        init = tuple(self._prepare_state(s, name, batch, unbatched)
+                     for s, name in zip(init, self._state_names))
+        d_layer, d_finals = self._prepare_grads(d_output, d_finals, n_steps, batch, unbatched)
+        _, _, cache = self._forward_prepared(x, init, unbatched)
+        return self._backward_prepared(cache, d_layer, d_finals, False)
+
+    def _prepare_grads(self, d_output, d_finals, n_steps, batch, unbatched):
+        width = self.num_directions * self.hidden_size
+        if d_output is None:
+            d_layer = np.zeros((n_steps, batch, width), dtype=self.dtype)
+        else:
+            d_layer = self._from_user_layout(d_output, "d_output", n_steps, batch, width,
+                                             unbatched)
+        d_finals = tuple(self._prepare_state(d, name, batch, unbatched)
+                         for d, name in zip(d_finals, self._final_grad_names))
+        return d_layer, d_finals
+
+    def _check_cache(self, cache):
+        if not isinstance(cache, dict) or "config" not in cache:
+            raise TypeError("cache must be the dict returned by forward_with_cache, got "
+                            f"{type(cache).__name__}")
+        if cache["config"] != self._config():
+            raise ValueError(f"cache was made by a different model {cache['config'][:5]}; "
+                             f"this one is {self._config()[:5]}")
 
     def backward_from_cache(self, cache, d_output=None, d_hn=None, return_hidden_grads=False):
         """Backpropagate from a cache returned by :meth:`forward_with_cache`.
@@ -303,16 +363,18 @@ class RecurrentLayer:
         dict of str to ndarray
             As :meth:`backward`.
         """
+        return self._backward_from_cache_states(cache, d_output, (d_hn,), return_hidden_grads)
+
+    def _backward_from_cache_states(self, cache, d_output, d_finals, return_hidden_grads):
+        self._check_cache(cache)
+        d_layer, d_finals = self._prepare_grads(d_output, d_finals, cache["n_steps"],
+                                                cache["batch"], cache["unbatched"])
+        return self._backward_prepared(cache, d_layer, d_finals, return_hidden_grads)
+
+    def _backward_prepared(self, cache, d_layer, d_finals, return_hidden_grads):
         n_steps, batch, unbatched = cache["n_steps"], cache["batch"], cache["unbatched"]
-        width = self.num_directions * self.hidden_size
-        if d_output is None:
-            d_layer = np.zeros((n_steps, batch, width), dtype=self.dtype)
-        else:
-            d_layer = self._from_user_layout(d_output, "d_output", n_steps, batch, width,
-                                             unbatched)
-        d_hn = self._prepare_state(d_hn, "d_hn", batch, unbatched)
         grads = {}
-        d_h0 = np.empty_like(d_hn)
+        d_init = tuple(np.empty_like(d) for d in d_finals)
         H = self.hidden_size
         with blas_threads_for(self._work(n_steps, batch)):
             for layer in range(self.num_layers - 1, -1, -1):
@@ -323,22 +385,31 @@ class RecurrentLayer:
                     d_out = np.ascontiguousarray(d_layer[:, :, direction * H:(direction + 1) * H])
                     g = self._layer_backward(layer, direction, layer_in,
                                              cache["states"][layer, direction],
-                                             cache["h0"][idx], d_out, d_hn[idx], grads,
+                                             tuple(s[idx] for s in cache["init"]), d_out,
+                                             tuple(d[idx] for d in d_finals), grads,
                                              return_hidden_grads)
-                    d_h0[idx] = g["h0"]
+                    for d, name in zip(d_init, self._state_names):
+                        d[idx] = g[name]
                     d_in = g["input"] if d_in is None else d_in + g["input"]
                 d_layer = d_in
         grads["input"] = self._to_user_layout(d_layer, unbatched)
-        grads["h0"] = d_h0[:, 0] if unbatched else d_h0
+        for d, name in zip(d_init, self._state_names):
+            grads[name] = d[:, 0] if unbatched else d
         return grads
 
     def _layer_output(self, states):
+        """The layer's hidden states ``(T, B, H)`` from what :meth:`_layer_forward` returned."""
         raise NotImplementedError
 
-    def _layer_forward(self, layer, direction, layer_in, h0):
+    def _layer_final(self, states, direction):
+        """The final value of every recurrent state (the last step processed)."""
+        out = self._layer_output(states)
+        return (out[0 if direction else out.shape[0] - 1],)
+
+    def _layer_forward(self, layer, direction, layer_in, init):
         raise NotImplementedError
 
-    def _layer_backward(self, layer, direction, layer_in, states, h0, d_out, d_hn, grads,
+    def _layer_backward(self, layer, direction, layer_in, states, init, d_out, d_final, grads,
                         return_hidden_grads):
         raise NotImplementedError
 
@@ -366,19 +437,23 @@ class RecurrentLayer:
         ValueError
             For a bidirectional network: its backward direction needs the whole sequence.
         """
+        return self._step(x_t, h)
+
+    def _step(self, x_t, state):
         if self.bidirectional:
-            raise ValueError("step() needs a unidirectional network: a bidirectional RNN reads "
-                             "the sequence backwards too, so it needs the whole sequence; use "
-                             "forward() on the full sequence instead")
+            raise ValueError(f"step() needs a unidirectional network: a bidirectional "
+                             f"{type(self).__name__} reads the sequence backwards too, so it "
+                             f"needs the whole sequence; use forward() on the full sequence "
+                             f"instead")
         x_t = v.to_numpy(x_t, "x_t")
         if x_t.ndim not in (1, 2):
             raise ValueError(f"x_t must have shape (B, input_size) or (input_size,), got "
                              f"{x_t.shape}")
         if x_t.ndim == 2 and self.batch_first:
-            output, h_n = self.forward(x_t[:, None], h)
-            return output[:, 0], h_n
-        output, h_n = self.forward(x_t[None], h)
-        return output[0], h_n
+            output, state = self.forward(x_t[:, None], state)
+            return output[:, 0], state
+        output, state = self.forward(x_t[None], state)
+        return output[0], state
 
     def __repr__(self):
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
@@ -460,15 +535,16 @@ class RNN(RecurrentLayer):
     def _layer_output(self, states):
         return states[-1]
 
-    def _layer_forward(self, layer, direction, layer_in, h0):
+    def _layer_forward(self, layer, direction, layer_in, init):
         sfx, p = _suffix(layer, direction), self._params
         bias = p[f"bias_ih{sfx}"] + p[f"bias_hh{sfx}"] if self.bias else None
         w_tr, b_tr = self._transition(sfx)
         return rnn_layer_forward(layer_in, p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], bias,
-                                 w_tr, b_tr, h0, self._act, reverse=bool(direction))
+                                 w_tr, b_tr, init[0], self._act, reverse=bool(direction))
 
-    def _layer_backward(self, layer, direction, layer_in, states, h0, d_out, d_hn, grads,
+    def _layer_backward(self, layer, direction, layer_in, states, init, d_out, d_final, grads,
                         return_hidden_grads):
+        (h0,), (d_hn,) = init, d_final
         sfx, p = _suffix(layer, direction), self._params
         w_tr, _ = self._transition(sfx)
         w_hh = p[f"weight_hh{sfx}"]
@@ -497,3 +573,271 @@ def _hidden_grads(dz0, w_hh, d_out, d_hn, reverse):
         hidden[:-1] += dz0[1:] @ w_hh
         hidden[-1] += d_hn
     return hidden
+
+
+def _gated_param_shapes(net, layer, direction):
+    G, H, sfx = net.gate_count, net.hidden_size, _suffix(layer, direction)
+    shapes = {f"weight_ih{sfx}": (G * H, net._layer_input_size(layer)),
+              f"weight_hh{sfx}": (G * H, H)}
+    if net.bias:
+        shapes[f"bias_ih{sfx}"] = (G * H,)
+        shapes[f"bias_hh{sfx}"] = (G * H,)
+    return shapes
+
+
+class LSTM(RecurrentLayer):
+    """Long short-term memory with PyTorch's interface and gate order (i, f, g, o)::
+
+        [i, f, g, o] = [σ, σ, tanh, σ](W_ih x<t> + b_ih + W_hh h<t-1> + b_hh)
+        c<t> = f * c<t-1> + i * g,    h<t> = o * tanh(c<t>)
+
+    Parameters
+    ----------
+    input_size : int
+        Features of ``x<t>``.
+    hidden_size : int
+        Units ``H`` of each layer.
+    num_layers : int, optional
+        Stacked layers (each reads the one below; directions concatenated).
+    bias : bool, optional
+        Use ``b_ih`` and ``b_hh``.
+    batch_first : bool, optional
+        Input and output are ``(B, T, features)``.
+    bidirectional : bool, optional
+        Add a second LSTM per layer reading the sequence backwards; outputs are concatenated
+        ``[forward, backward]`` per step.
+    dtype : {numpy.float32, numpy.float64}, optional
+        Precision of parameters, inputs and kernels.
+    seed : int, optional
+        Seed of the U(-1/sqrt(H), 1/sqrt(H)) initialisation.
+
+    Notes
+    -----
+    Parameters are ``weight_ih_l{l}`` ``(4H, I_l)``, ``weight_hh_l{l}`` ``(4H, H)``,
+    ``bias_ih_l{l}``, ``bias_hh_l{l}`` ``(4H,)`` (``_reverse`` for the backward direction), the
+    four gate blocks stacked i, f, g, o as in ``torch.nn.LSTM``. The state is the pair
+    ``(h, c)`` everywhere PyTorch uses it: ``hx=(h0, c0)`` in, ``(h_n, c_n)`` out.
+
+    Examples
+    --------
+    >>> import numpy as np, rnnlab
+    >>> net = rnnlab.LSTM(3, 8, num_layers=2, seed=0)
+    >>> x = np.zeros((5, 2, 3), dtype=np.float32)
+    >>> out, (h_n, c_n) = net(x)
+    >>> out.shape, h_n.shape, c_n.shape
+    ((5, 2, 8), (2, 2, 8), (2, 2, 8))
+    """
+
+    gate_count = 4
+    _state_names = ("h0", "c0")
+    _final_grad_names = ("d_hn", "d_cn")
+
+    def _cell_param_shapes(self, layer, direction):
+        return _gated_param_shapes(self, layer, direction)
+
+    @staticmethod
+    def _split_hx(hx, name="hx"):
+        """``(h0, c0)`` from the user's ``hx`` (``None`` -> zeros for both)."""
+        if hx is None:
+            return None, None
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(f"{name} must be a tuple (h0, c0) of two arrays of shape "
+                            f"(num_layers * num_directions, B, hidden_size), or None; got "
+                            + (f"a {type(hx).__name__} of length {len(hx)}"
+                               if isinstance(hx, (tuple, list)) else type(hx).__name__))
+        h0, c0 = hx
+        if h0 is None or c0 is None:
+            raise TypeError(f"{name} must give both h0 and c0 (or be None for zeros), got "
+                            f"{'h0' if h0 is None else 'c0'} = None")
+        return h0, c0
+
+    def forward(self, x, hx=None):
+        """Run the network over a sequence.
+
+        Parameters
+        ----------
+        x : array_like
+            ``(T, B, input_size)``, ``(B, T, input_size)`` with ``batch_first``, or
+            ``(T, input_size)`` unbatched; the model's dtype.
+        hx : tuple of array_like, optional
+            ``(h0, c0)``, each ``(num_layers * num_directions, B, hidden_size)``
+            (``(num_layers * num_directions, hidden_size)`` unbatched); zeros if omitted.
+
+        Returns
+        -------
+        output : ndarray
+            ``(T, B, num_directions * hidden_size)`` in the input's layout: the top layer's
+            hidden states, directions concatenated.
+        (h_n, c_n) : tuple of ndarray
+            Every layer's final hidden and cell states, each shaped like ``h0``.
+        """
+        output, hc, _ = self.forward_with_cache(x, hx)
+        return output, hc
+
+    def forward_with_cache(self, x, hx=None):
+        """:meth:`forward`, also returning what :meth:`backward_from_cache` needs.
+
+        Returns
+        -------
+        output, (h_n, c_n)
+            As :meth:`forward`.
+        cache : dict
+            Inputs and per-layer states kept for backpropagation.
+        """
+        output, (h_n, c_n), cache = self._forward_states(x, self._split_hx(hx))
+        return output, (h_n, c_n), cache
+
+    def backward(self, x, d_output=None, hx=None, d_hn=None, d_cn=None):
+        """Exact gradients by backpropagation through time.
+
+        The loss is taken as ``sum(output * d_output) + sum(h_n * d_hn) + sum(c_n * d_cn)``.
+
+        Parameters
+        ----------
+        x : array_like
+            The input, as for :meth:`forward`.
+        d_output : array_like, optional
+            Gradient with respect to ``output`` (same shape); zeros if omitted.
+        hx : tuple of array_like, optional
+            ``(h0, c0)``, as for :meth:`forward`.
+        d_hn, d_cn : array_like, optional
+            Gradients with respect to ``h_n`` and ``c_n``; zeros if omitted.
+
+        Returns
+        -------
+        dict of str to ndarray
+            The gradient of every parameter under its state_dict name, plus ``"input"`` (shaped
+            like ``x``), ``"h0"`` and ``"c0"`` (shaped like ``h_n``).
+        """
+        return self._backward_states(x, self._split_hx(hx), d_output, (d_hn, d_cn))
+
+    def backward_from_cache(self, cache, d_output=None, d_hn=None, d_cn=None,
+                            return_hidden_grads=False):
+        """Backpropagate from a cache returned by :meth:`forward_with_cache`.
+
+        Parameters
+        ----------
+        cache : dict
+            From :meth:`forward_with_cache` on this model.
+        d_output, d_hn, d_cn : array_like, optional
+            As in :meth:`backward`.
+        return_hidden_grads : bool
+            Also return ``"hidden" + suffix`` (e.g. ``"hidden_l0"``, ``"hidden_l0_reverse"``),
+            the total gradient dL/dh<t> of every layer's hidden state, and ``"cell" + suffix``,
+            the total dL/dc<t> of its cell state, each ``(T, B, H)`` time-major.
+
+        Returns
+        -------
+        dict of str to ndarray
+            As :meth:`backward`.
+        """
+        return self._backward_from_cache_states(cache, d_output, (d_hn, d_cn),
+                                                return_hidden_grads)
+
+    def step(self, x_t, hx=None):
+        """Advance a unidirectional network by one time step (streaming, real-time use).
+
+        Parameters
+        ----------
+        x_t : array_like
+            One step of input, ``(B, input_size)`` or ``(input_size,)``.
+        hx : tuple of array_like, optional
+            ``(h, c)`` after the previous step, each ``(num_layers, B, hidden_size)`` (or
+            ``(num_layers, hidden_size)``); zeros if omitted.
+
+        Returns
+        -------
+        y_t : ndarray
+            The top layer's hidden state after this step, ``(B, hidden_size)``.
+        (h, c) : tuple of ndarray
+            The new state, to pass to the next call.
+        """
+        return self._step(x_t, hx)
+
+    def _layer_output(self, states):
+        return states["hidden"]
+
+    def _layer_final(self, states, direction):
+        t = 0 if direction else states["hidden"].shape[0] - 1
+        return states["hidden"][t], states["cells"][t]
+
+    def _layer_forward(self, layer, direction, layer_in, init):
+        sfx, p = _suffix(layer, direction), self._params
+        bias = p[f"bias_ih{sfx}"] + p[f"bias_hh{sfx}"] if self.bias else None
+        return lstm_layer_forward(layer_in, p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], bias,
+                                  init[0], init[1], reverse=bool(direction))
+
+    def _layer_backward(self, layer, direction, layer_in, states, init, d_out, d_final, grads,
+                        return_hidden_grads):
+        sfx, p = _suffix(layer, direction), self._params
+        g = lstm_layer_backward(layer_in, p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], init[0],
+                                init[1], states, d_out, d_final[0], d_final[1],
+                                reverse=bool(direction), hidden_grads=return_hidden_grads)
+        grads[f"weight_ih{sfx}"] = g["weight_ih"]
+        grads[f"weight_hh{sfx}"] = g["weight_hh"]
+        if self.bias:
+            grads[f"bias_ih{sfx}"] = g["bias"]
+            grads[f"bias_hh{sfx}"] = g["bias"].copy()
+        if return_hidden_grads:
+            grads[f"hidden{sfx}"] = g["hidden"]
+            grads[f"cell{sfx}"] = g["cell"]
+        return g
+
+
+class GRU(RecurrentLayer):
+    """Gated recurrent unit with PyTorch's interface and gate order (r, z, n)::
+
+        r = σ(W_ir x<t> + b_ir + W_hr h<t-1> + b_hr)
+        z = σ(W_iz x<t> + b_iz + W_hz h<t-1> + b_hz)
+        n = tanh(W_in x<t> + b_in + r * (W_hn h<t-1> + b_hn))
+        h<t> = (1 - z) * n + z * h<t-1>
+
+    Parameters
+    ----------
+    input_size, hidden_size, num_layers, bias, batch_first, bidirectional, dtype, seed
+        As for :class:`LSTM`.
+
+    Notes
+    -----
+    Parameters are ``weight_ih_l{l}`` ``(3H, I_l)``, ``weight_hh_l{l}`` ``(3H, H)``,
+    ``bias_ih_l{l}``, ``bias_hh_l{l}`` ``(3H,)``, blocks stacked r, z, n as in
+    ``torch.nn.GRU``. Forward, backward and streaming calls are the :class:`RNN`'s.
+
+    Examples
+    --------
+    >>> import numpy as np, rnnlab
+    >>> net = rnnlab.GRU(3, 8, bidirectional=True, seed=0)
+    >>> out, h_n = net(np.zeros((5, 2, 3), dtype=np.float32))
+    >>> out.shape, h_n.shape
+    ((5, 2, 16), (2, 2, 8))
+    """
+
+    gate_count = 3
+
+    def _cell_param_shapes(self, layer, direction):
+        return _gated_param_shapes(self, layer, direction)
+
+    def _layer_output(self, states):
+        return states["hidden"]
+
+    def _layer_forward(self, layer, direction, layer_in, init):
+        sfx, p = _suffix(layer, direction), self._params
+        b_ih = p[f"bias_ih{sfx}"] if self.bias else None
+        b_hh = p[f"bias_hh{sfx}"] if self.bias else None
+        return gru_layer_forward(layer_in, p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], b_ih,
+                                 b_hh, init[0], reverse=bool(direction))
+
+    def _layer_backward(self, layer, direction, layer_in, states, init, d_out, d_final, grads,
+                        return_hidden_grads):
+        sfx, p = _suffix(layer, direction), self._params
+        g = gru_layer_backward(layer_in, p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], init[0],
+                               states, d_out, d_final[0], reverse=bool(direction),
+                               hidden_grads=return_hidden_grads)
+        grads[f"weight_ih{sfx}"] = g["weight_ih"]
+        grads[f"weight_hh{sfx}"] = g["weight_hh"]
+        if self.bias:
+            grads[f"bias_ih{sfx}"] = g["bias_ih"]
+            grads[f"bias_hh{sfx}"] = g["bias_hh"]
+        if return_hidden_grads:
+            grads[f"hidden{sfx}"] = g["hidden"]
+        return g

@@ -1,0 +1,267 @@
+"""GRU kernels for the CPU: forward recurrence and backpropagation through time.
+
+One layer, one direction, a batch of sequences, PyTorch's cell and gate order (r, z, n)::
+
+    r<t> = σ(W_ir x<t> + b_ir + W_hr h<t-1> + b_hr)
+    z<t> = σ(W_iz x<t> + b_iz + W_hz h<t-1> + b_hz)
+    n<t> = tanh(W_in x<t> + b_in + r<t> * (W_hn h<t-1> + b_hn))
+    h<t> = (1 - z<t>) * n<t> + z<t> * h<t-1>
+
+``b_hn`` sits inside the product with ``r``, so the recurrent part of the ``n`` block,
+``W_hn h<t-1> + b_hn``, is kept apart from the input part and stored for the backward pass; and
+the gradient with respect to the recurrent pre-activations differs from the one with respect to
+the input pre-activations in that block (``dn * r`` against ``dn``).
+
+As for the vanilla cell (:mod:`rnnlab.kernels.cpu.vanilla`), only the step-by-step recurrence is
+compiled (:func:`gru_recurrence`, :func:`gru_recurrence_backward`); the input projection before
+the loop and the weight gradients after it are single large matrix products
+(:func:`gru_layer_forward`, :func:`gru_layer_backward`). Sums run in a fixed order; results are
+bitwise reproducible and independent of the thread count.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from ...activations import fast_sigmoid, fast_tanh, one_like
+from .lstm import accumulate_product, prev_state_product
+from .vanilla import n_chunks
+
+#: Gate blocks stacked in the weights: r, z, n.
+GATES = 3
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def gru_recurrence(w_hh_t, b_ih, b_hh, h0, reverse, gates, hn, hidden, n_chunks):
+    """Run the GRU recurrence of one layer in one direction, in place.
+
+    Parameters
+    ----------
+    w_hh_t : ndarray, shape (H, 3H)
+        The *transpose* of ``W_hh`` (C-contiguous), so that the inner loop is a contiguous axpy
+        over the three gate blocks.
+    b_ih, b_hh : ndarray, shape (3H,)
+        Input and recurrent biases (zeros for a model without bias).
+    h0 : ndarray, shape (B, H)
+        Initial hidden state.
+    reverse : bool
+        Process the sequence from ``t = T-1`` down to ``0``.
+    gates : ndarray, shape (T, B, 3H)
+        On entry the input projection ``W_ih x<t>``; on exit the gate activations
+        ``[r, z, n]<t>``.
+    hn : ndarray, shape (T, B, H)
+        Output: ``W_hn h<t-1> + b_hn``, the recurrent part of the ``n`` block.
+    hidden : ndarray, shape (T, B, H)
+        Output: the hidden states ``h<t>`` (the layer's output).
+    n_chunks : int
+        Number of batch chunks run in parallel (each runs the whole time loop), at most B.
+    """
+    n_steps, batch, hid = hidden.shape
+    width = gates.shape[2]
+    for ch in prange(n_chunks):
+        b0 = ch * batch // n_chunks
+        b1 = (ch + 1) * batch // n_chunks
+        nb = b1 - b0
+        acc = np.empty((nb, width), dtype=gates.dtype)  # W_hh h<t-1> + b_hh of the chunk
+        for s in range(n_steps):
+            t = n_steps - 1 - s if reverse else s
+            h_prev = h0 if s == 0 else hidden[t + 1 if reverse else t - 1]
+            for bb in range(nb):
+                for i in range(width):
+                    acc[bb, i] = b_hh[i]
+            accumulate_product(acc, 0, h_prev, b0, 0, w_hh_t, 0, hid, nb)
+            for bb in range(nb):
+                b = b0 + bb
+                acc_b = acc[bb]
+                g_b = gates[t, b]
+                hn_b = hn[t, b]
+                h_b = hidden[t, b]
+                hp = h_prev[b]
+                for i in range(hid):
+                    rg = fast_sigmoid(g_b[i] + b_ih[i] + acc_b[i])
+                    zg = fast_sigmoid(g_b[hid + i] + b_ih[hid + i] + acc_b[hid + i])
+                    hn_i = acc_b[2 * hid + i]
+                    ng = fast_tanh(g_b[2 * hid + i] + b_ih[2 * hid + i] + rg * hn_i)
+                    g_b[i] = rg
+                    g_b[hid + i] = zg
+                    g_b[2 * hid + i] = ng
+                    hn_b[i] = hn_i
+                    h_b[i] = ng + zg * (hp[i] - ng)
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def gru_recurrence_backward(w_hh, h0, gates, hn, hidden, d_out, dh_n, reverse, dz, dh0, db_rows,
+                            d_hidden, n_chunks):
+    """Backpropagate through time for one GRU layer in one direction.
+
+    Parameters
+    ----------
+    w_hh : ndarray, shape (3H, H)
+        Recurrent weights (PyTorch layout, not transposed).
+    h0 : ndarray, shape (B, H)
+        Initial state given to :func:`gru_recurrence`.
+    gates, hn, hidden : ndarray
+        The gate activations ``(T, B, 3H)``, recurrent ``n`` parts and hidden states
+        ``(T, B, H)`` filled by :func:`gru_recurrence`.
+    d_out : ndarray, shape (T, B, H)
+        Gradient of the loss with respect to the layer's output ``h<t>`` at every step, not
+        including the recurrent path.
+    dh_n : ndarray, shape (B, H)
+        Gradient with respect to the final hidden state.
+    reverse : bool
+        Direction used in the forward pass.
+    dz : ndarray, shape (T, B, 4H)
+        Output: pre-activation gradients ``[dr, dz, dn, dn * r]``. Columns ``0:3H`` are the
+        gradient with respect to ``W_ih x + b_ih`` (blocks r, z, n); columns ``0:2H`` and
+        ``3H:4H`` the one with respect to ``W_hh h + b_hh``.
+    dh0 : ndarray, shape (B, H)
+        Output: gradient with respect to the initial state.
+    db_rows : ndarray, shape (B, 4H), float64
+        Zeros on entry; on exit ``sum_t dz<t>`` for every batch row, accumulated in float64
+        (the bias gradients are sums of its rows, in row order: independent of the chunking).
+    d_hidden : ndarray, shape (T, B, H) or (0, B, H)
+        Output, when it has T rows: the total gradient dL/dh<t>. Pass a 0-row array to skip it.
+    n_chunks : int
+        Number of batch chunks run in parallel, at most B.
+    """
+    n_steps, batch, hid = hidden.shape
+    store_hidden = d_hidden.shape[0] > 0
+    one = one_like(gates[0, 0, 0])
+    for ch in prange(n_chunks):
+        b0 = ch * batch // n_chunks
+        b1 = (ch + 1) * batch // n_chunks
+        nb = b1 - b0
+        dh = np.empty((nb, hid), dtype=gates.dtype)  # dL/dh<t> through the step after t
+        for bb in range(nb):
+            for i in range(hid):
+                dh[bb, i] = dh_n[b0 + bb, i]
+        for s in range(n_steps - 1, -1, -1):
+            t = n_steps - 1 - s if reverse else s
+            h_prev = h0 if s == 0 else hidden[t + 1 if reverse else t - 1]
+            for bb in range(nb):
+                b = b0 + bb
+                g_b = gates[t, b]
+                hn_b = hn[t, b]
+                hp = h_prev[b]
+                do_b = d_out[t, b]
+                dz_b = dz[t, b]
+                dh_b = dh[bb]
+                for i in range(hid):
+                    rg = g_b[i]
+                    zg = g_b[hid + i]
+                    ng = g_b[2 * hid + i]
+                    dht = do_b[i] + dh_b[i]
+                    dn = dht * (one - zg) * (one - ng * ng)
+                    dz_b[i] = dn * hn_b[i] * rg * (one - rg)
+                    dz_b[hid + i] = dht * (hp[i] - ng) * zg * (one - zg)
+                    dz_b[2 * hid + i] = dn
+                    dz_b[3 * hid + i] = dn * rg
+                    dh_b[i] = dht
+                if store_hidden:
+                    for i in range(hid):
+                        d_hidden[t, b, i] = dh_b[i]
+                for i in range(hid):
+                    dh_b[i] = dh_b[i] * g_b[hid + i]
+                db_b = db_rows[b]
+                for k in range(4 * hid):
+                    db_b[k] += dz_b[k]
+            # dh<t-1> += dz_hh<t> W_hh: gate rows r, z (columns 0:2H of dz), then n (3H:4H)
+            accumulate_product(dh, 0, dz[t], b0, 0, w_hh, 0, 2 * hid, nb)
+            accumulate_product(dh, 0, dz[t], b0, 3 * hid, w_hh, 2 * hid, hid, nb)
+        for bb in range(nb):
+            for i in range(hid):
+                dh0[b0 + bb, i] = dh[bb, i]
+
+
+def gru_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, reverse=False):
+    """Forward pass of one GRU layer in one direction.
+
+    Parameters
+    ----------
+    x : ndarray, shape (T, B, I)
+        Layer input, C-contiguous, in the model's dtype.
+    w_ih : ndarray, shape (3H, I)
+        Input weights, gate blocks r, z, n.
+    w_hh : ndarray, shape (3H, H)
+        Recurrent weights.
+    b_ih, b_hh : ndarray, shape (3H,) or None
+        Input and recurrent biases (``None``: no bias).
+    h0 : ndarray, shape (B, H)
+        Initial state.
+    reverse : bool, optional
+        Read the sequence backwards.
+
+    Returns
+    -------
+    states : dict
+        ``"gates"`` (T, B, 3H) activations r, z, n; ``"hn"`` (T, B, H) the recurrent part
+        ``W_hn h<t-1> + b_hn`` of the n block; ``"hidden"`` (T, B, H), the layer's output. Kept
+        for :func:`gru_layer_backward`.
+    """
+    n_steps, batch, n_in = x.shape
+    width = w_hh.shape[0]
+    hid = width // GATES
+    gates = np.empty((n_steps, batch, width), dtype=x.dtype)
+    # the input projection of every step at once: one GEMM over T*B rows
+    np.matmul(x.reshape(n_steps * batch, n_in), w_ih.T, out=gates.reshape(-1, width))
+    if b_ih is None:
+        b_ih = np.zeros(width, dtype=x.dtype)
+    if b_hh is None:
+        b_hh = np.zeros(width, dtype=x.dtype)
+    hn = np.empty((n_steps, batch, hid), dtype=x.dtype)
+    hidden = np.empty((n_steps, batch, hid), dtype=x.dtype)
+    gru_recurrence(np.ascontiguousarray(w_hh.T), b_ih, b_hh, h0, reverse, gates, hn, hidden,
+                   n_chunks(batch))
+    return {"gates": gates, "hn": hn, "hidden": hidden}
+
+
+def gru_layer_backward(x, w_ih, w_hh, h0, states, d_out, dh_n, reverse=False,
+                       hidden_grads=False):
+    """Backward pass (BPTT) of one GRU layer in one direction.
+
+    Parameters
+    ----------
+    x, w_ih, w_hh, h0, reverse
+        As given to :func:`gru_layer_forward`.
+    states : dict
+        Returned by :func:`gru_layer_forward`.
+    d_out : ndarray, shape (T, B, H)
+        Gradient with respect to the layer's outputs ``h<t>``.
+    dh_n : ndarray, shape (B, H)
+        Gradient with respect to the final hidden state.
+    hidden_grads : bool, optional
+        Also return ``"hidden"``, the total dL/dh<t> (T, B, H).
+
+    Returns
+    -------
+    dict
+        ``"input"`` (T, B, I), ``"h0"`` (B, H), ``"weight_ih"``, ``"weight_hh"``, ``"bias_ih"``,
+        ``"bias_hh"``, ``"dz"`` (T, B, 4H) (see :func:`gru_recurrence_backward`), and
+        ``"hidden"`` if asked.
+    """
+    gates, hn, hidden = states["gates"], states["hn"], states["hidden"]
+    n_steps, batch, width = gates.shape
+    hid = width // GATES
+    n_in = x.shape[2]
+    dz = np.empty((n_steps, batch, width + hid), dtype=x.dtype)
+    dh0 = np.empty_like(h0)
+    d_hidden = np.empty((n_steps if hidden_grads else 0, batch, hid), dtype=x.dtype)
+    db_rows = np.zeros((batch, width + hid), dtype=np.float64)
+    gru_recurrence_backward(w_hh, h0, gates, hn, hidden, d_out, dh_n, reverse, dz, dh0, db_rows,
+                            d_hidden, n_chunks(batch))
+    dz_ih = dz.reshape(-1, width + hid)[:, :width]  # a strided view: BLAS takes it as is
+    d_w_hh = np.empty_like(w_hh)
+    d_w_hh[:2 * hid] = prev_state_product(dz[:, :, :2 * hid], hidden, h0, reverse)
+    d_w_hh[2 * hid:] = prev_state_product(dz[:, :, 3 * hid:], hidden, h0, reverse)
+    sums = db_rows.sum(axis=0).astype(x.dtype)
+    grads = {
+        "input": (dz_ih @ w_ih).reshape(n_steps, batch, n_in),
+        "h0": dh0,
+        "weight_ih": dz_ih.T @ x.reshape(-1, n_in),
+        "weight_hh": d_w_hh,
+        "bias_ih": sums[:width].copy(),
+        "bias_hh": np.concatenate([sums[:2 * hid], sums[3 * hid:]]),
+        "dz": dz,
+    }
+    if hidden_grads:
+        grads["hidden"] = d_hidden
+    return grads

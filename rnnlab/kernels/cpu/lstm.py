@@ -1,0 +1,345 @@
+"""LSTM kernels for the CPU: forward recurrence and backpropagation through time.
+
+One layer, one direction, a batch of sequences, PyTorch's cell and gate order (i, f, g, o)::
+
+    [i, f, g, o]<t> = [σ, σ, tanh, σ](W_ih x<t> + b_ih + W_hh h<t-1> + b_hh)
+    c<t> = f<t> * c<t-1> + i<t> * g<t>
+    h<t> = o<t> * tanh(c<t>)
+
+As for the vanilla cell (:mod:`rnnlab.kernels.cpu.vanilla`), only the step-by-step recurrence is
+compiled (:func:`lstm_recurrence`, :func:`lstm_recurrence_backward`); the input projection before
+the loop and the weight gradients after it are single large matrix products
+(:func:`lstm_layer_forward`, :func:`lstm_layer_backward`). The batch is split into one chunk per
+thread outside the time loop and every sum runs in a fixed order, so results are bitwise
+reproducible and independent of the thread count.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from ...activations import fast_sigmoid, fast_tanh, one_like
+from .vanilla import n_chunks
+
+#: Gate blocks stacked in the weights: i, f, g, o.
+GATES = 4
+
+
+@njit(cache=True, error_model="numpy")
+def accumulate_product(acc, acc_row0, a, a_row0, a_col0, w, w_row0, n_inner, n_rows):
+    """``acc[acc_row0 + r] += a[a_row0 + r, a_col0:a_col0 + n_inner] @ w[w_row0:w_row0 + n_inner]``.
+
+    The small per-step matrix product of every recurrence (``r < n_rows``, a chunk of the batch),
+    written so that the innermost loop is a contiguous axpy over a row of ``w`` (which
+    vectorises): ``j`` outer, four rows of ``w`` per pass so that each row of ``acc`` is loaded
+    and stored once per four multiply-adds, the chunk's rows in the middle. Each entry is still
+    summed in the fixed order ``j = 0, 1, 2, ...``, whatever the chunking.
+
+    Parameters
+    ----------
+    acc : ndarray, shape (R, K)
+        Accumulator, updated in place.
+    acc_row0, a_row0, a_col0, w_row0 : int
+        Offsets of the blocks used in ``acc``, ``a`` and ``w``.
+    a : ndarray, shape (R', N')
+        Left factor.
+    w : ndarray, shape (N'', K)
+        Right factor (C-contiguous rows).
+    n_inner, n_rows : int
+        Inner dimension and number of rows.
+    """
+    j = 0
+    while j + 4 <= n_inner:
+        w0 = w[w_row0 + j]
+        w1 = w[w_row0 + j + 1]
+        w2 = w[w_row0 + j + 2]
+        w3 = w[w_row0 + j + 3]
+        for r in range(n_rows):
+            a_r = a[a_row0 + r]
+            a0 = a_r[a_col0 + j]
+            a1 = a_r[a_col0 + j + 1]
+            a2 = a_r[a_col0 + j + 2]
+            a3 = a_r[a_col0 + j + 3]
+            x = acc[acc_row0 + r]
+            for i in range(x.shape[0]):
+                x[i] = x[i] + a0 * w0[i] + a1 * w1[i] + a2 * w2[i] + a3 * w3[i]
+        j += 4
+    while j < n_inner:
+        w0 = w[w_row0 + j]
+        for r in range(n_rows):
+            a0 = a[a_row0 + r, a_col0 + j]
+            x = acc[acc_row0 + r]
+            for i in range(x.shape[0]):
+                x[i] = x[i] + a0 * w0[i]
+        j += 1
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def lstm_recurrence(w_hh_t, bias, h0, c0, reverse, gates, cells, hidden, n_chunks):
+    """Run the LSTM recurrence of one layer in one direction, in place.
+
+    Parameters
+    ----------
+    w_hh_t : ndarray, shape (H, 4H)
+        The *transpose* of ``W_hh`` (C-contiguous), so that the inner loop is a contiguous axpy
+        over all four gate blocks.
+    bias : ndarray, shape (4H,)
+        ``b_ih + b_hh`` (zeros for a model without bias), added step by step.
+    h0, c0 : ndarray, shape (B, H)
+        Initial hidden and cell states.
+    reverse : bool
+        Process the sequence from ``t = T-1`` down to ``0`` (the backward direction of a
+        bidirectional layer).
+    gates : ndarray, shape (T, B, 4H)
+        On entry the input projection ``W_ih x<t>``; on exit the gate activations
+        ``[i, f, g, o]<t>``.
+    cells : ndarray, shape (T, B, H)
+        Output: the cell states ``c<t>``.
+    hidden : ndarray, shape (T, B, H)
+        Output: the hidden states ``h<t>`` (the layer's output).
+    n_chunks : int
+        Number of batch chunks run in parallel (each runs the whole time loop), at most B.
+    """
+    n_steps, batch, hid = hidden.shape
+    width = gates.shape[2]
+    for ch in prange(n_chunks):
+        b0 = ch * batch // n_chunks
+        b1 = (ch + 1) * batch // n_chunks
+        for s in range(n_steps):
+            t = n_steps - 1 - s if reverse else s
+            tp = t + 1 if reverse else t - 1
+            h_prev = h0 if s == 0 else hidden[tp]
+            c_prev = c0 if s == 0 else cells[tp]
+            z = gates[t]
+            for b in range(b0, b1):
+                z_b = z[b]
+                for i in range(width):
+                    z_b[i] = z_b[i] + bias[i]
+            accumulate_product(z, b0, h_prev, b0, 0, w_hh_t, 0, hid, b1 - b0)
+            for b in range(b0, b1):
+                z_b = z[b]
+                cp = c_prev[b]
+                c_b = cells[t, b]
+                h_b = hidden[t, b]
+                for i in range(hid):
+                    ig = fast_sigmoid(z_b[i])
+                    fg = fast_sigmoid(z_b[hid + i])
+                    gg = fast_tanh(z_b[2 * hid + i])
+                    og = fast_sigmoid(z_b[3 * hid + i])
+                    cc = fg * cp[i] + ig * gg
+                    z_b[i] = ig
+                    z_b[hid + i] = fg
+                    z_b[2 * hid + i] = gg
+                    z_b[3 * hid + i] = og
+                    c_b[i] = cc
+                    h_b[i] = og * fast_tanh(cc)
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def lstm_recurrence_backward(w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reverse, dz, dh0,
+                             dc0, db_rows, d_hidden, d_cell, n_chunks):
+    """Backpropagate through time for one LSTM layer in one direction.
+
+    Parameters
+    ----------
+    w_hh : ndarray, shape (4H, H)
+        Recurrent weights (PyTorch layout, not transposed).
+    h0, c0 : ndarray, shape (B, H)
+        Initial states given to :func:`lstm_recurrence`.
+    gates, cells : ndarray
+        The gate activations ``(T, B, 4H)`` and cell states ``(T, B, H)`` filled by
+        :func:`lstm_recurrence`.
+    d_out : ndarray, shape (T, B, H)
+        Gradient of the loss with respect to the layer's output ``h<t>`` at every step (from the
+        loss or the layer above), not including the recurrent path.
+    dh_n, dc_n : ndarray, shape (B, H)
+        Gradients with respect to the final hidden and cell states.
+    reverse : bool
+        Direction used in the forward pass.
+    dz : ndarray, shape (T, B, 4H)
+        Output: gradient with respect to the gate pre-activations (the same for the ``ih`` and
+        ``hh`` products). The weight gradients are products of these.
+    dh0, dc0 : ndarray, shape (B, H)
+        Output: gradients with respect to the initial states.
+    db_rows : ndarray, shape (B, 4H), float64
+        Zeros on entry; on exit ``sum_t dz<t>`` for every batch row, accumulated in float64
+        (the bias gradient is its sum over rows, in row order: independent of the chunking).
+    d_hidden, d_cell : ndarray, shape (T, B, H) or (0, B, H)
+        Outputs, when ``d_hidden`` has T rows: the total gradients dL/dh<t> (from above plus the
+        recurrent path) and dL/dc<t> (through h<t> and c<t+1>). Pass 0-row arrays to skip them.
+    n_chunks : int
+        Number of batch chunks run in parallel, at most B.
+    """
+    n_steps, batch, hid = cells.shape
+    width = gates.shape[2]
+    store_hidden = d_hidden.shape[0] > 0
+    one = one_like(gates[0, 0, 0])
+    for ch in prange(n_chunks):
+        b0 = ch * batch // n_chunks
+        b1 = (ch + 1) * batch // n_chunks
+        nb = b1 - b0
+        dh = np.empty((nb, hid), dtype=gates.dtype)  # dL/dh<t> through the step after t
+        dc = np.empty((nb, hid), dtype=gates.dtype)  # dL/dc<t> through the step after t
+        for bb in range(nb):
+            for i in range(hid):
+                dh[bb, i] = dh_n[b0 + bb, i]
+                dc[bb, i] = dc_n[b0 + bb, i]
+        for s in range(n_steps - 1, -1, -1):
+            t = n_steps - 1 - s if reverse else s
+            c_prev = c0 if s == 0 else cells[t + 1 if reverse else t - 1]
+            for bb in range(nb):
+                b = b0 + bb
+                g_b = gates[t, b]
+                c_b = cells[t, b]
+                cp = c_prev[b]
+                do_b = d_out[t, b]
+                dz_b = dz[t, b]
+                dh_b = dh[bb]
+                dc_b = dc[bb]
+                for i in range(hid):
+                    ig = g_b[i]
+                    fg = g_b[hid + i]
+                    gg = g_b[2 * hid + i]
+                    og = g_b[3 * hid + i]
+                    tc = fast_tanh(c_b[i])
+                    dht = do_b[i] + dh_b[i]
+                    dct = dc_b[i] + dht * og * (one - tc * tc)
+                    dz_b[i] = dct * gg * ig * (one - ig)
+                    dz_b[hid + i] = dct * cp[i] * fg * (one - fg)
+                    dz_b[2 * hid + i] = dct * ig * (one - gg * gg)
+                    dz_b[3 * hid + i] = dht * tc * og * (one - og)
+                    dc_b[i] = dct
+                    dh_b[i] = dht
+                if store_hidden:
+                    for i in range(hid):
+                        d_hidden[t, b, i] = dh_b[i]
+                        d_cell[t, b, i] = dc_b[i]
+                for i in range(hid):
+                    dc_b[i] = dc_b[i] * g_b[hid + i]
+                db_b = db_rows[b]
+                for k in range(width):
+                    db_b[k] += dz_b[k]
+            # dh<t-1> = dz<t> W_hh
+            dh[:, :] = 0
+            accumulate_product(dh, 0, dz[t], b0, 0, w_hh, 0, width, nb)
+        for bb in range(nb):
+            for i in range(hid):
+                dh0[b0 + bb, i] = dh[bb, i]
+                dc0[b0 + bb, i] = dc[bb, i]
+
+
+def lstm_layer_forward(x, w_ih, w_hh, bias, h0, c0, reverse=False):
+    """Forward pass of one LSTM layer in one direction.
+
+    Parameters
+    ----------
+    x : ndarray, shape (T, B, I)
+        Layer input, C-contiguous, in the model's dtype.
+    w_ih : ndarray, shape (4H, I)
+        Input weights, gate blocks i, f, g, o.
+    w_hh : ndarray, shape (4H, H)
+        Recurrent weights.
+    bias : ndarray, shape (4H,) or None
+        ``b_ih + b_hh`` (the two PyTorch biases enter only as their sum).
+    h0, c0 : ndarray, shape (B, H)
+        Initial states.
+    reverse : bool, optional
+        Read the sequence backwards.
+
+    Returns
+    -------
+    states : dict
+        ``"gates"`` (T, B, 4H) activations i, f, g, o; ``"cells"`` (T, B, H); ``"hidden"``
+        (T, B, H), the layer's output. Kept for :func:`lstm_layer_backward`.
+    """
+    n_steps, batch, n_in = x.shape
+    width = w_hh.shape[0]
+    hid = width // GATES
+    gates = np.empty((n_steps, batch, width), dtype=x.dtype)
+    # the input projection of every step at once: one GEMM over T*B rows
+    np.matmul(x.reshape(n_steps * batch, n_in), w_ih.T, out=gates.reshape(-1, width))
+    if bias is None:
+        bias = np.zeros(width, dtype=x.dtype)
+    cells = np.empty((n_steps, batch, hid), dtype=x.dtype)
+    hidden = np.empty((n_steps, batch, hid), dtype=x.dtype)
+    lstm_recurrence(np.ascontiguousarray(w_hh.T), bias, h0, c0, reverse, gates, cells, hidden,
+                    n_chunks(batch))
+    return {"gates": gates, "cells": cells, "hidden": hidden}
+
+
+def prev_state_product(dz, hidden, h0, reverse):
+    """``sum_t dz<t>^T h<t-1>`` (the recurrent weight gradient) as two large matrix products.
+
+    Parameters
+    ----------
+    dz : ndarray, shape (T, B, K)
+        Gradients with respect to the recurrent pre-activations (may be a column slice).
+    hidden : ndarray, shape (T, B, H)
+        The hidden states.
+    h0 : ndarray, shape (B, H)
+        The initial state (the "previous" state of the first step processed).
+    reverse : bool
+        Direction of the recurrence (the previous state of ``t`` is ``h<t+1>``).
+
+    Returns
+    -------
+    ndarray, shape (K, H)
+    """
+    n_steps, batch, width = dz.shape
+    hid = hidden.shape[2]
+    first, rest, prev = (n_steps - 1, slice(0, -1), slice(1, None)) if reverse else (
+        0, slice(1, None), slice(0, -1))
+    out = dz[first].T @ h0
+    if n_steps > 1:
+        out += dz[rest].reshape(-1, width).T @ hidden[prev].reshape(-1, hid)
+    return out
+
+
+def lstm_layer_backward(x, w_ih, w_hh, h0, c0, states, d_out, dh_n, dc_n, reverse=False,
+                        hidden_grads=False):
+    """Backward pass (BPTT) of one LSTM layer in one direction.
+
+    Parameters
+    ----------
+    x, w_ih, w_hh, h0, c0, reverse
+        As given to :func:`lstm_layer_forward`.
+    states : dict
+        Returned by :func:`lstm_layer_forward`.
+    d_out : ndarray, shape (T, B, H)
+        Gradient with respect to the layer's outputs ``h<t>``.
+    dh_n, dc_n : ndarray, shape (B, H)
+        Gradients with respect to the final hidden and cell states.
+    hidden_grads : bool, optional
+        Also return ``"hidden"`` and ``"cell"``, the total dL/dh<t> and dL/dc<t> (T, B, H).
+
+    Returns
+    -------
+    dict
+        ``"input"`` (T, B, I), ``"h0"``, ``"c0"`` (B, H), ``"weight_ih"``, ``"weight_hh"``,
+        ``"bias"`` (gradient of ``b_ih``, equal to that of ``b_hh``), ``"dz"`` (T, B, 4H), the
+        per-step gate pre-activation gradients, and ``"hidden"``, ``"cell"`` if asked.
+    """
+    gates, cells, hidden = states["gates"], states["cells"], states["hidden"]
+    n_steps, batch, width = gates.shape
+    n_in = x.shape[2]
+    dz = np.empty_like(gates)
+    dh0 = np.empty_like(h0)
+    dc0 = np.empty_like(c0)
+    d_hidden = np.empty((n_steps if hidden_grads else 0,) + hidden.shape[1:], dtype=x.dtype)
+    d_cell = np.empty_like(d_hidden)
+    db_rows = np.zeros((batch, width), dtype=np.float64)
+    lstm_recurrence_backward(w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reverse, dz, dh0,
+                             dc0, db_rows, d_hidden, d_cell, n_chunks(batch))
+    dz2 = dz.reshape(-1, width)
+    grads = {
+        "input": (dz2 @ w_ih).reshape(n_steps, batch, n_in),
+        "h0": dh0,
+        "c0": dc0,
+        "weight_ih": dz2.T @ x.reshape(-1, n_in),
+        "weight_hh": prev_state_product(dz, hidden, h0, reverse),
+        "bias": db_rows.sum(axis=0).astype(x.dtype),
+        "dz": dz,
+    }
+    if hidden_grads:
+        grads["hidden"] = d_hidden
+        grads["cell"] = d_cell
+    return grads

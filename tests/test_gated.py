@@ -1,0 +1,419 @@
+"""LSTM and GRU: PyTorch's numbers, finite differences, exact Jacobian identities, kernel
+properties (precision, determinism, compile-once, long sequences) and argument checks."""
+
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+
+import rnnlab
+from rnnlab.activations import fast_sigmoid, fast_tanh
+from rnnlab.kernels.cpu import gru as gru_kernels
+from rnnlab.kernels.cpu import lstm as lstm_kernels
+
+from conftest import numerical_gradient, relative_error
+
+FIXTURE = Path(__file__).parent / "data" / "pytorch_reference.npz"
+CELLS = {"lstm": rnnlab.LSTM, "gru": rnnlab.GRU}
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _run(net, x, hx, d_out, d_finals):
+    """(output, finals, grads) for either cell; ``hx`` and ``d_finals`` are tuples of states."""
+    if isinstance(net, rnnlab.LSTM):
+        out, finals = net(x, hx)
+        grads = net.backward(x, d_out, hx, *d_finals)
+    else:
+        out, h_n = net(x, hx[0] if hx else None)
+        finals = (h_n,)
+        grads = net.backward(x, d_out, hx[0] if hx else None, d_finals[0])
+    return out, finals, grads
+
+
+# ------------------------------------------------------------------------------ PyTorch's numbers
+@pytest.fixture(scope="module")
+def ref():
+    return np.load(FIXTURE)
+
+
+def _fixture_net(ref, case):
+    net = CELLS[case](4, 5, num_layers=2, bidirectional=True, dtype=np.float64)
+    prefix = f"{case}/param/"
+    net.load_state_dict({k[len(prefix):]: ref[k] for k in ref.files if k.startswith(prefix)})
+    return net
+
+
+@pytest.mark.parametrize("case", sorted(CELLS))
+def test_forward_and_gradients_match_pytorch(ref, case):
+    net = _fixture_net(ref, case)
+    r = {k.split("/", 1)[1]: ref[k] for k in ref.files if k.startswith(case + "/")}
+    lstm = case == "lstm"
+    hx = (r["h0"], r["c0"]) if lstm else (r["h0"],)
+    d_finals = (r["d_hn"], r["d_cn"]) if lstm else (r["d_hn"],)
+    out, finals, grads = _run(net, r["x"], hx, r["d_output"], d_finals)
+    np.testing.assert_allclose(out, r["output"], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(finals[0], r["h_n"], rtol=1e-12, atol=1e-14)
+    if lstm:
+        np.testing.assert_allclose(finals[1], r["c_n"], rtol=1e-12, atol=1e-14)
+    expected = {k[len("grad/"):]: v for k, v in r.items() if k.startswith("grad/")}
+    assert set(grads) == set(expected)
+    for name, g in expected.items():
+        assert np.abs(grads[name] - g).max() <= 1e-12 * np.abs(g).max(), name
+
+
+@pytest.mark.parametrize("case", sorted(CELLS))
+def test_state_dict_is_pytorchs(ref, case):
+    net = _fixture_net(ref, case)
+    prefix = f"{case}/param/"
+    expected = {k[len(prefix):]: ref[k].shape for k in ref.files if k.startswith(prefix)}
+    assert {k: v.shape for k, v in net.state_dict().items()} == expected
+    assert list(net.state_dict()) == [k[len(prefix):] for k in ref.files
+                                      if k.startswith(prefix)]
+    assert net.gate_count == {"lstm": 4, "gru": 3}[case]
+
+
+@pytest.mark.parametrize("case", sorted(CELLS))
+def test_default_initialisation_is_pytorchs_uniform(case):
+    net = CELLS[case](3, 16, num_layers=2, seed=0)
+    bound = 1 / np.sqrt(16)
+    for name, value in net.state_dict().items():
+        assert value.dtype == np.float32
+        assert np.abs(value).max() <= bound and np.abs(value).max() > 0.9 * bound, name
+    again = CELLS[case](3, 16, num_layers=2, seed=0).state_dict()
+    assert all(np.array_equal(v, again[k]) for k, v in net.state_dict().items())
+
+
+# ------------------------------------------------------------------------- finite differences
+FD_CASES = [  # (layers, bidirectional, bias, layout, T)
+    (1, False, True, "time_major", 3),
+    (2, True, True, "time_major", 3),
+    (3, False, False, "time_major", 2),
+    (2, True, True, "batch_first", 3),
+    (1, True, True, "unbatched", 3),
+    (2, False, True, "time_major", 1),
+]
+
+
+@pytest.mark.parametrize("layers,bidirectional,bias,layout,T", FD_CASES)
+@pytest.mark.parametrize("case", sorted(CELLS))
+def test_bptt_matches_finite_differences(case, layers, bidirectional, bias, layout, T):
+    rng = np.random.default_rng(layers * 10 + T)
+    I, H, B = 2, 3, 2
+    D = 2 if bidirectional else 1
+    lstm = case == "lstm"
+    net = CELLS[case](I, H, num_layers=layers, bias=bias, bidirectional=bidirectional,
+                      batch_first=layout == "batch_first", dtype=np.float64, seed=1)
+    for value in net.parameters().values():  # larger than the default: gates away from 1/2
+        value[...] = rng.uniform(-0.8, 0.8, value.shape)
+    if layout == "unbatched":
+        x_shape, out_shape, state_shape = (T, I), (T, D * H), (D * layers, H)
+    elif layout == "batch_first":
+        x_shape, out_shape, state_shape = (B, T, I), (B, T, D * H), (D * layers, B, H)
+    else:
+        x_shape, out_shape, state_shape = (T, B, I), (T, B, D * H), (D * layers, B, H)
+    x = rng.standard_normal(x_shape)
+    hx = tuple(0.5 * rng.standard_normal(state_shape) for _ in range(1 + lstm))
+    d_out = rng.standard_normal(out_shape)
+    d_finals = tuple(rng.standard_normal(state_shape) for _ in range(1 + lstm))
+
+    def loss():
+        out, finals = net(x, hx) if lstm else net(x, hx[0])
+        finals = finals if lstm else (finals,)
+        return np.sum(out * d_out) + sum(np.sum(f * d) for f, d in zip(finals, d_finals))
+
+    _, _, grads = _run(net, x, hx, d_out, d_finals)
+    names = list(net.parameters()) + ["input", "h0"] + (["c0"] if lstm else [])
+    assert set(grads) == set(names)
+    wrt = dict(net.parameters(), input=x, h0=hx[0], **({"c0": hx[1]} if lstm else {}))
+    for name in names:
+        numeric = numerical_gradient(loss, wrt[name], eps=1e-5)
+        assert grads[name].shape == numeric.shape, name
+        assert relative_error(numeric, grads[name]) < 1e-6, name
+
+
+@pytest.mark.parametrize("case", sorted(CELLS))
+def test_hidden_grads_are_total_state_gradients(case):
+    """hidden_l{l}{sfx} is dL/dh<t> (and cell_... dL/dc<t> for the LSTM): at the last step
+    processed it is the gradient from above; one step earlier it adds the recurrent path."""
+    rng = np.random.default_rng(3)
+    net = CELLS[case](2, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=2)
+    x = rng.standard_normal((5, 3, 2))
+    d_out = rng.standard_normal((5, 3, 8))
+    d_hn = rng.standard_normal((4, 3, 4))
+    out, _, cache = net.forward_with_cache(x)
+    g = net.backward_from_cache(cache, d_out, d_hn, return_hidden_grads=True)
+    top = "hidden_l1"
+    np.testing.assert_array_equal(g[top][-1], d_out[-1, :, :4] + d_hn[2])
+    np.testing.assert_array_equal(g[top + "_reverse"][0], d_out[0, :, 4:] + d_hn[3])
+    # the lower layer's output gradient is the upper layer's input gradient, so the two
+    # directions of layer 0 see the same d_out from above
+    assert all(g[f"hidden_l{l}{s}"].shape == (5, 3, 4) for l in (0, 1) for s in ("", "_reverse"))
+    if case == "lstm":
+        assert {k for k in g if k.startswith("cell_")} == {"cell_l0", "cell_l0_reverse",
+                                                             "cell_l1", "cell_l1_reverse"}
+        # with d_cn = 0 the last cell gradient is the path through h<T-1> = o tanh(c<T-1>)
+        c_last = cache["states"][1, 0]["cells"][-1]
+        o_last = cache["states"][1, 0]["gates"][-1, :, 12:16]
+        expected = g[top][-1] * o_last * (1 - np.tanh(c_last) ** 2)
+        np.testing.assert_allclose(g["cell_l1"][-1], expected, rtol=1e-14, atol=1e-15)
+
+
+# ------------------------------------------------------------------ exact Jacobian identities
+def _zero_recurrent_weights(case, H, I, seed):
+    net = CELLS[case](I, H, dtype=np.float64, seed=seed)
+    p = net.parameters()
+    rng = np.random.default_rng(seed)
+    p["weight_hh_l0"][...] = 0
+    p["bias_ih_l0"][...] = rng.uniform(-2, 2, p["bias_ih_l0"].shape)
+    p["bias_hh_l0"][...] = rng.uniform(-2, 2, p["bias_hh_l0"].shape)
+    return net, p
+
+
+def test_gru_step_jacobian_is_diag_z_with_zero_recurrent_weights():
+    """W_hh = 0, x = 0: r, z, n do not depend on h, so dh'/dh = diag(z) exactly."""
+    H, I, B = 6, 3, 2
+    net, p = _zero_recurrent_weights("gru", H, I, seed=4)
+    x = np.zeros((1, B, I))
+    h0 = np.random.default_rng(0).standard_normal((1, B, H))
+    b = p["bias_ih_l0"] + p["bias_hh_l0"]
+    z = _sigmoid(b[H:2 * H])
+    jac = np.empty((B, H, H))
+    for k in range(H):
+        d_out = np.zeros((1, B, H))
+        d_out[0, :, k] = 1.0
+        jac[:, k, :] = net.backward(x, d_out, h0)["h0"][0]
+    for row in jac:
+        assert not np.any(row - np.diag(np.diag(row)))  # off-diagonal exactly zero
+        np.testing.assert_allclose(np.diag(row), z, rtol=1e-15, atol=0)
+
+
+def test_lstm_cell_jacobian_is_diag_f_with_zero_recurrent_weights():
+    """W_hh = 0: f, i, g do not depend on (h, c), so dc'/dc = diag(f) and nothing reaches h0."""
+    H, I, B = 6, 3, 2
+    net, p = _zero_recurrent_weights("lstm", H, I, seed=5)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, B, I))
+    hx = (rng.standard_normal((1, B, H)), rng.standard_normal((1, B, H)))
+    pre = x[0] @ p["weight_ih_l0"].T + p["bias_ih_l0"] + p["bias_hh_l0"]
+    f = _sigmoid(pre[:, H:2 * H])
+    for k in range(H):
+        d_cn = np.zeros((1, B, H))
+        d_cn[0, :, k] = 1.0
+        g = net.backward(x, None, hx, None, d_cn)
+        expected = np.zeros((B, H))
+        expected[:, k] = f[:, k]
+        assert not np.any(g["c0"][0] * (expected == 0))  # off-diagonal exactly zero
+        np.testing.assert_allclose(g["c0"][0], expected, rtol=1e-15, atol=0)
+        assert not np.any(g["h0"])
+
+
+# --------------------------------------------------------------------- precision and kernels
+def test_fast_float32_activations_are_accurate():
+    @numba.njit
+    def both(z):
+        s = np.empty_like(z)
+        t = np.empty_like(z)
+        for i in range(z.shape[0]):
+            s[i] = fast_sigmoid(z[i])
+            t[i] = fast_tanh(z[i])
+        return s, t
+
+    z64 = np.linspace(-40, 40, 200_001)
+    s32, t32 = both(z64.astype(np.float32))
+    assert s32.dtype == np.float32 and t32.dtype == np.float32
+    z = z64.astype(np.float32).astype(np.float64)
+    assert np.abs(s32 - _sigmoid(z)).max() < 2e-7
+    assert np.abs(t32 - np.tanh(z)).max() < 4e-7  # Eigen's rational: 3 ulp near |tanh| = 1
+    assert s32.min() >= 0 and s32.max() <= 1
+    s64, t64 = both(np.array([-800.0, -30.0, 0.0, 30.0, 800.0]))  # no overflow warning
+    np.testing.assert_allclose(s64, [0.0, _sigmoid(-30.0), 0.5, _sigmoid(30.0), 1.0],
+                               rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("case", sorted(CELLS))
+def test_float32_agrees_with_float64(case):
+    rng = np.random.default_rng(7)
+    net64 = CELLS[case](5, 16, num_layers=2, bidirectional=True, dtype=np.float64, seed=3)
+    net32 = CELLS[case](5, 16, num_layers=2, bidirectional=True, dtype=np.float32)
+    net32.load_state_dict(net64.state_dict())
+    net64.load_state_dict(net32.state_dict())  # the same (float32-representable) values
+    x = rng.standard_normal((30, 4, 5)).astype(np.float32)
+    d_out = rng.standard_normal((30, 4, 32)).astype(np.float32)
+    g32 = net32.backward(x, d_out)
+    g64 = net64.backward(x.astype(np.float64), d_out.astype(np.float64))
+    for name, g in g64.items():
+        assert g32[name].dtype == np.float32
+        assert relative_error(g, g32[name], floor=0) < 1e-5, name
+    assert relative_error(net64(x.astype(np.float64))[0], net32(x)[0], floor=0) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", sorted(CELLS))
+def test_reruns_and_thread_counts_are_bitwise_identical(case, dtype):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((20, 5, 3)).astype(dtype)
+    d_out = rng.standard_normal((20, 5, 16)).astype(dtype)
+
+    def run():
+        net = CELLS[case](3, 8, num_layers=2, bidirectional=True, dtype=dtype, seed=9)
+        out, _, cache = net.forward_with_cache(x)
+        return out, net.backward_from_cache(cache, d_out, return_hidden_grads=True)
+
+    a = run()
+    b = run()
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        c = run()
+    finally:
+        numba.set_num_threads(threads)
+    for other in (b, c):
+        assert np.array_equal(a[0], other[0])
+        assert a[1].keys() == other[1].keys()
+        for k in a[1]:
+            assert np.array_equal(a[1][k], other[1][k]), k
+
+
+def test_each_kernel_compiles_once_per_dtype():
+    for dtype in (np.float32, np.float64):
+        for case in CELLS:
+            for bidirectional, bias in ((False, True), (True, False)):
+                net = CELLS[case](2, 3, num_layers=2, bias=bias, bidirectional=bidirectional,
+                                  dtype=dtype, seed=0)
+                x = np.ones((3, 2, 2), dtype=dtype)
+                _, _, cache = net.forward_with_cache(x)
+                net.backward_from_cache(cache, return_hidden_grads=bidirectional)
+                net.backward(x[:, 0])  # unbatched
+    for kernel in (lstm_kernels.lstm_recurrence, lstm_kernels.lstm_recurrence_backward,
+                   gru_kernels.gru_recurrence, gru_kernels.gru_recurrence_backward):
+        assert len(kernel.signatures) == 2, kernel
+
+
+def test_accumulate_product_is_a_matrix_product():
+    rng = np.random.default_rng(0)
+    for n_inner in (1, 4, 7, 9):
+        a = rng.standard_normal((5, n_inner + 3))
+        w = rng.standard_normal((n_inner + 2, 6))
+        acc = rng.standard_normal((4, 6))
+        expected = acc.copy()
+        expected[1:4] += a[2:5, 3:3 + n_inner] @ w[2:2 + n_inner]
+        lstm_kernels.accumulate_product(acc, 1, a, 2, 3, w, 2, n_inner, 3)
+        np.testing.assert_allclose(acc, expected, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("case", sorted(CELLS))
+def test_ten_thousand_steps_forward_and_bptt(case):
+    """T = 10,000, B = 32, H = 64: no recursion, memory linear in T, finite gradients."""
+    T, B, H = 10_000, 32, 64
+    net = CELLS[case](H, H, dtype=np.float32, seed=0)
+    x = (0.1 * np.random.default_rng(0).standard_normal((T, B, H))).astype(np.float32)
+    d_out = np.zeros((T, B, H), dtype=np.float32)
+    d_out[-1] = 1.0
+    grads = net.backward(x, d_out)
+    assert all(np.isfinite(g).all() for g in grads.values())
+    norms = np.linalg.norm(grads["input"], axis=(1, 2))
+    assert norms[-1] > 0 and norms[-10] > 0
+
+
+# --------------------------------------------------------------------------------- the API
+def test_lstm_api_shapes_and_layouts():
+    rng = np.random.default_rng(0)
+    net = rnnlab.LSTM(3, 4, num_layers=2, batch_first=True, dtype=np.float64, seed=0)
+    x = rng.standard_normal((2, 5, 3))  # (B, T, I)
+    out, (h_n, c_n) = net(x)
+    assert out.shape == (2, 5, 4) and h_n.shape == c_n.shape == (2, 2, 4)
+    out_u, (h_u, c_u) = net(x[1])  # unbatched (T, I)
+    np.testing.assert_array_equal(out_u, out[1])
+    np.testing.assert_array_equal(c_u, c_n[:, 1])
+    g = net.backward(x[1], np.ones((5, 4)), (h_u, c_u), np.ones((2, 4)), np.ones((2, 4)))
+    assert g["input"].shape == (5, 3) and g["h0"].shape == g["c0"].shape == (2, 4)
+    # streaming: one step at a time gives the forward pass
+    state = None
+    for t in range(5):
+        y, state = net.step(x[:, t], state)
+        np.testing.assert_allclose(y, out[:, t], rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(state[1], c_n, rtol=1e-13, atol=1e-15)
+
+
+def test_gru_api_is_the_rnns():
+    net = rnnlab.GRU(3, 4, bidirectional=True, dtype=np.float64, seed=0)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3))
+    out, h_n = net(x, np.zeros((2, 2, 4)))
+    assert out.shape == (5, 2, 8) and h_n.shape == (2, 2, 4)
+    np.testing.assert_array_equal(h_n[0], out[-1, :, :4])
+    np.testing.assert_array_equal(h_n[1], out[0, :, 4:])
+    out2, h_n2, cache = net.forward_with_cache(x)
+    g = net.backward_from_cache(cache, np.ones_like(out2), h_n2)
+    assert set(g) == set(net.state_dict()) | {"input", "h0"}
+    with pytest.raises(ValueError, match="unidirectional"):
+        net.step(x[0])
+
+
+@pytest.fixture
+def no_kernels(monkeypatch):
+    """Fail if a kernel runs: errors must be raised before any work starts."""
+    def boom(*args, **kwargs):
+        raise AssertionError("a kernel ran before the arguments were checked")
+    import rnnlab.layers as layers
+    for name in ("lstm_layer_forward", "lstm_layer_backward", "gru_layer_forward",
+                 "gru_layer_backward"):
+        monkeypatch.setattr(layers, name, boom)
+
+
+@pytest.mark.parametrize("hx,error,match", [
+    (np.zeros((1, 2, 4)), TypeError, "hx must be a tuple"),
+    ((np.zeros((1, 2, 4)),), TypeError, "hx must be a tuple"),
+    ((np.zeros((1, 2, 4)), None), TypeError, "both h0 and c0"),
+    ((np.zeros((1, 2, 4)), np.zeros((1, 3, 4))), ValueError, "c0"),
+    ((np.zeros((2, 2, 4)), np.zeros((1, 2, 4))), ValueError, "h0"),
+    ((np.zeros((1, 2, 4), np.float32), np.zeros((1, 2, 4))), TypeError, "h0 has dtype float32"),
+    ((np.zeros((1, 2, 4)), np.full((1, 2, 4), np.nan)), ValueError, "c0 contains NaN"),
+])
+def test_lstm_rejects_bad_hx_before_running(no_kernels, hx, error, match):
+    net = rnnlab.LSTM(3, 4, dtype=np.float64)
+    x = np.zeros((5, 2, 3))
+    with pytest.raises(error, match=match):
+        net(x, hx)
+    with pytest.raises(error, match=match):
+        net.backward(x, None, hx)
+
+
+def test_gradient_arguments_are_checked_before_running(no_kernels):
+    x = np.zeros((5, 2, 3))
+    lstm = rnnlab.LSTM(3, 4, dtype=np.float64)
+    with pytest.raises(ValueError, match="d_cn"):
+        lstm.backward(x, None, None, None, np.zeros((1, 2, 5)))
+    with pytest.raises(ValueError, match="d_output"):
+        lstm.backward(x, np.zeros((5, 2, 5)))
+    gru = rnnlab.GRU(3, 4, dtype=np.float64)
+    with pytest.raises(TypeError, match="d_hn"):
+        gru.backward(x, None, None, np.zeros((1, 2, 4), np.float32))
+    with pytest.raises(ValueError, match="x has 4 features"):
+        gru(np.zeros((5, 2, 4)))
+
+
+def test_cache_from_another_model_is_refused():
+    x = np.zeros((3, 2, 3))
+    _, _, cache = rnnlab.GRU(3, 4, dtype=np.float64).forward_with_cache(x)
+    with pytest.raises(ValueError, match="different model"):
+        rnnlab.LSTM(3, 4, dtype=np.float64).backward_from_cache(cache)
+    with pytest.raises(ValueError, match="different model"):
+        rnnlab.GRU(3, 5, dtype=np.float64).backward_from_cache(cache)
+    with pytest.raises(TypeError, match="forward_with_cache"):
+        rnnlab.GRU(3, 4, dtype=np.float64).backward_from_cache({"x": 1})
+
+
+def test_load_state_dict_names_the_gate_count():
+    lstm = rnnlab.LSTM(3, 4, dtype=np.float64)
+    gru = rnnlab.GRU(3, 4, dtype=np.float64)
+    with pytest.raises(ValueError, match="4 gate blocks found, GRU has 3"):
+        gru.load_state_dict(lstm.state_dict())
+    with pytest.raises(ValueError, match="3 gate blocks found, LSTM has 4"):
+        lstm.load_state_dict(gru.state_dict())
+    rnn = rnnlab.RNN(3, 4, dtype=np.float64)
+    with pytest.raises(ValueError, match="4 gate blocks found, RNN has 1"):
+        rnn.load_state_dict(lstm.state_dict())
