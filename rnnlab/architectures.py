@@ -84,8 +84,9 @@ class SequenceModel:
                                  if k.startswith(f"{m}.")})
 
     def _collect(self, grads, name, module_grads):
+        params = self._modules[name].parameters()
         for k, g in module_grads.items():
-            if k not in ("input", "h0") and not k.startswith("hidden"):
+            if k in params:
                 grads[f"{name}.{k}"] = g
 
     # ------------------------------------------------------------------------ loss
@@ -206,6 +207,8 @@ class ManyToOne(SequenceModel):
         _check_width(rnn, head)
 
     def _features(self, h_n):
+        if isinstance(h_n, tuple):  # LSTM: (h_n, c_n); the read-out sees h
+            h_n = h_n[0]
         top = (self.rnn.num_layers - 1) * self.rnn.num_directions
         return np.concatenate([h_n[top + d] for d in range(self.rnn.num_directions)], axis=-1)
 
@@ -237,7 +240,7 @@ class ManyToOne(SequenceModel):
         grads = {}
         head_grads = self.head.backward(head_cache, d_logits)
         self._collect(grads, "head", head_grads)
-        d_hn = np.zeros_like(h_n)
+        d_hn = np.zeros_like(h_n[0] if isinstance(h_n, tuple) else h_n)
         top = (self.rnn.num_layers - 1) * self.rnn.num_directions
         H = self.rnn.hidden_size
         for d in range(self.rnn.num_directions):
@@ -362,6 +365,10 @@ class EncoderDecoder(SequenceModel):
         _check_width(decoder, head)
         if decoder.bidirectional:
             raise ValueError("decoder must be unidirectional: it generates step by step")
+        if type(encoder) is not type(decoder):
+            raise ValueError(f"encoder ({type(encoder).__name__}) and decoder "
+                             f"({type(decoder).__name__}) must be the same cell: the encoder's "
+                             f"final state is the decoder's initial state")
         enc_states = encoder.num_layers * encoder.num_directions
         if (enc_states, encoder.hidden_size) != (decoder.num_layers, decoder.hidden_size):
             raise ValueError(f"encoder's h_n ({enc_states} states of {encoder.hidden_size}) must "
@@ -398,8 +405,9 @@ class EncoderDecoder(SequenceModel):
         self._collect(grads, "head", head_grads)
         dec_grads = self.decoder.backward_from_cache(dec_cache, head_grads["input"])
         self._collect(grads, "decoder", dec_grads)
+        d_states = [dec_grads[name] for name in self.decoder._state_names]
         self._collect(grads, "encoder",
-                      self.encoder.backward_from_cache(enc_cache, None, dec_grads["h0"]))
+                      self.encoder.backward_from_cache(enc_cache, None, *d_states))
         return loss, grads
 
     def generate(self, x, n_steps, sample=False, seed=None):
@@ -408,6 +416,94 @@ class EncoderDecoder(SequenceModel):
         _, h_enc = self.encoder(x)
         start = np.zeros((x.shape[1], self.head.out_features), dtype=self.dtype)
         return _generate(self, self.decoder, start, n_steps, sample, seed, h_enc)
+
+
+CELLS = ("rnn_tanh", "rnn_relu", "rnn_sigmoid", "rnn_linear", "lstm", "gru")
+
+
+def recurrent_layer(cell, input_size, hidden_size, **kwargs):
+    """Build a recurrent layer by name.
+
+    Parameters
+    ----------
+    cell : {"rnn_tanh", "rnn_relu", "rnn_sigmoid", "rnn_linear", "lstm", "gru"}
+        The cell (PyTorch's ``mode`` names for the vanilla ones).
+    input_size, hidden_size : int
+        Sizes.
+    **kwargs
+        Passed to :class:`rnnlab.RNN`, :class:`rnnlab.LSTM` or :class:`rnnlab.GRU`
+        (``num_layers``, ``bidirectional``, ``dtype``, ``seed``, ...).
+    """
+    from .layers import GRU, LSTM, RNN
+
+    if cell == "lstm":
+        return LSTM(input_size, hidden_size, **kwargs)
+    if cell == "gru":
+        return GRU(input_size, hidden_size, **kwargs)
+    if isinstance(cell, str) and cell.startswith("rnn_") and cell in CELLS:
+        return RNN(input_size, hidden_size, nonlinearity=cell[4:], **kwargs)
+    raise ValueError(f"cell must be one of {list(CELLS)}, got {cell!r}")
+
+
+ARCHITECTURES = {"one_to_one": "OneToOne", "one_to_many": "OneToMany",
+                 "many_to_one": "ManyToOne", "many_to_many": "ManyToMany",
+                 "encoder_decoder": "EncoderDecoder"}
+
+
+def make_model(architecture, cell, input_size, hidden_size, output_size, loss="bce",
+               reduction="sum", head_hidden_sizes=(), dtype=np.float32, seed=None, **rnn_kwargs):
+    """Build one of the five architectures around a named cell.
+
+    Parameters
+    ----------
+    architecture : {"one_to_one", "one_to_many", "many_to_one", "many_to_many",
+                    "encoder_decoder"}
+        The shape.
+    cell : str
+        See :func:`recurrent_layer`.
+    input_size, hidden_size, output_size : int
+        Sizes (``one_to_many`` feeds outputs back, so its recurrent input is ``output_size``).
+    loss : {"bce", "cross_entropy", "mse"}
+        Sets the head's activation (sigmoid, softmax, linear).
+    reduction : {"sum", "mean"}
+        Batch reduction.
+    head_hidden_sizes : sequence of int
+        Deep output layers.
+    dtype : numpy dtype
+        Precision.
+    seed : int, optional
+        Seed of every module (offset per module).
+    **rnn_kwargs
+        ``num_layers``, ``bidirectional``, ``transition_layers`` (vanilla), ...
+
+    Returns
+    -------
+    SequenceModel
+    """
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {sorted(ARCHITECTURES)}, got "
+                         f"{architecture!r}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
+    activation = LOSSES[loss][1] or "linear"
+
+    def seeded(offset):
+        return None if seed is None else seed + offset
+
+    def layer(n_in, offset, **extra):
+        return recurrent_layer(cell, n_in, hidden_size, dtype=dtype, seed=seeded(offset),
+                               **{**rnn_kwargs, **extra})
+
+    if architecture == "encoder_decoder":
+        enc = layer(input_size, 0, bidirectional=False)
+        dec = layer(output_size, 1, bidirectional=False)
+        head = OutputHead(hidden_size, output_size, activation, head_hidden_sizes, dtype=dtype,
+                          seed=seeded(2))
+        return EncoderDecoder(enc, dec, head, loss, reduction)
+    rnn = layer(output_size if architecture == "one_to_many" else input_size, 0)
+    head = OutputHead(rnn.num_directions * hidden_size, output_size, activation,
+                      head_hidden_sizes, dtype=dtype, seed=seeded(2))
+    return globals()[ARCHITECTURES[architecture]](rnn, head, loss, reduction)
 
 
 def _check_width(rnn, head):

@@ -144,3 +144,41 @@ def test_many_to_one_learns_the_sign_of_a_sum():
     loss, _ = model.loss_and_grad(x, y)
     assert loss < 0.3 * np.log(2)  # chance: ln 2 per sequence
     assert ((model.predict(x) > 0.5) == (y > 0.5)).mean() > 0.9
+
+
+ARCHS = ["one_to_one", "one_to_many", "many_to_one", "many_to_many", "encoder_decoder"]
+
+
+def _data(architecture, rng, loss):
+    x_shape = {"one_to_one": (B, I), "one_to_many": (B, K)}.get(architecture, (T, B, I))
+    y_shape = {"one_to_one": (B, K), "many_to_one": (B, K), "one_to_many": (5, B, K),
+               "encoder_decoder": (6, B, K)}.get(architecture, (T, B, K))
+    return rng.standard_normal(x_shape), _targets(rng, loss, y_shape)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_sigmoid"])
+@pytest.mark.parametrize("architecture", ARCHS)
+def test_every_architecture_with_every_cell(architecture, cell, rng):
+    from rnnlab.architectures import make_model
+
+    loss = "cross_entropy" if architecture in ("one_to_many", "encoder_decoder") else "bce"
+    model = make_model(architecture, cell, I, H, K, loss=loss, dtype=F64, seed=3,
+                       num_layers=2, bidirectional=architecture in ("many_to_one",
+                                                                    "many_to_many"))
+    x, y = _data(architecture, rng, loss)
+    _check(model, lambda: model.loss_and_grad(x, y))
+    if architecture in ("one_to_many", "encoder_decoder"):
+        gen = model.generate(x, 4)
+        assert gen.shape == (4, B, K) and np.allclose(gen.sum(axis=-1), 1)
+
+
+def test_make_model_errors():
+    from rnnlab.architectures import make_model, recurrent_layer
+
+    with pytest.raises(ValueError, match="architecture must be one of"):
+        make_model("many_to_few", "lstm", 2, 3, 1)
+    with pytest.raises(ValueError, match="cell must be one of"):
+        recurrent_layer("rnn_softplus", 2, 3)
+    with pytest.raises(ValueError, match="same cell"):
+        EncoderDecoder(rnnlab.LSTM(2, 3, dtype=F64), rnnlab.GRU(2, 3, dtype=F64),
+                       OutputHead(3, 2, dtype=F64))
