@@ -54,6 +54,37 @@ def test_step_jacobians_match_finite_differences(layers, depth, act):
         assert np.abs(fd - jac[t]).max() <= 1e-7 * max(1.0, np.abs(fd).max())
 
 
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_gated_step_jacobians_match_finite_differences(cell, layers):
+    """The joint state is (h, c) per layer for the LSTM, h for the GRU."""
+    rng = np.random.default_rng(3)
+    net = getattr(rnnlab, cell)(2, 3, num_layers=layers, dtype=F64, seed=1)
+    x = rng.standard_normal((4, 1, 2))
+    parts = 2 if cell == "LSTM" else 1
+    state = 0.3 * rng.standard_normal((layers, parts, 3))
+
+    def step(s, t):
+        s = s.reshape(layers, parts, 1, 3)
+        if parts == 2:
+            _, (h, c) = net(x[t:t + 1], (s[:, 0].copy(), s[:, 1].copy()))
+            return np.stack([h[:, 0], c[:, 0]], axis=1).reshape(-1)
+        return net(x[t:t + 1], s[:, 0].copy())[1].reshape(-1)
+
+    h0 = (state[:, 0, None].copy(), state[:, 1, None].copy()) if parts == 2 else \
+        state[:, 0, None].copy()
+    (_, jac), = step_jacobians(net, x, h0)
+    s = state.reshape(-1)
+    for t in range(4):
+        fd = np.empty_like(jac[t])
+        for j in range(s.size):
+            e = np.zeros(s.size)
+            e[j] = 1e-6
+            fd[:, j] = (step(s + e, t) - step(s - e, t)) / 2e-6
+        assert np.abs(fd - jac[t]).max() <= 1e-7 * max(1.0, np.abs(fd).max())
+        s = step(s, t)
+
+
 def test_matrix_free_application_equals_the_dense_jacobian():
     rng = np.random.default_rng(2)
     net = rnnlab.RNN(3, 5, num_layers=2, dtype=F64, seed=3, transition_layers=1)
