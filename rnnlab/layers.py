@@ -12,7 +12,7 @@ from . import _validation as v
 from ._blas import blas_threads_for
 from .activations import activation_code
 from .kernels.cpu.gru import gru_layer_backward, gru_layer_forward
-from .kernels.cpu.lstm import lstm_layer_backward, lstm_layer_forward
+from .kernels.cpu.lstm import ScratchBuffers, lstm_layer_backward, lstm_layer_forward
 from .kernels.cpu.vanilla import rnn_layer_backward, rnn_layer_forward
 
 
@@ -236,8 +236,17 @@ class RecurrentLayer:
         h_n : ndarray
             ``(num_layers * num_directions, B, hidden_size)``: every layer's final state.
         """
-        output, h_n, _ = self.forward_with_cache(x, h0)
+        output, (h_n,) = self._forward_only(x, (h0,))
         return output, h_n
+
+    def _forward_only(self, x, init):
+        """Output and final states, the per-step states living in scratch buffers."""
+        x, unbatched = self._prepare_input(x)
+        init = tuple(self._prepare_state(s, name, x.shape[1], unbatched)
+                     for s, name in zip(init, self._state_names))
+        with ScratchBuffers() as scratch:
+            output, finals, _ = self._forward_prepared(x, init, unbatched, scratch.empty)
+        return output, finals
 
     def forward_with_cache(self, x, h0=None):
         """:meth:`forward`, also returning what :meth:`backward_from_cache` needs.
@@ -264,7 +273,7 @@ class RecurrentLayer:
                      for s, name in zip(init, self._state_names))
         return self._forward_prepared(x, init, unbatched)
 
-    def _forward_prepared(self, x, init, unbatched):
+    def _forward_prepared(self, x, init, unbatched, alloc=np.empty):
         n_steps, batch, _ = x.shape
         inputs, states = [], {}
         finals = tuple(np.empty_like(s) for s in init)
@@ -275,7 +284,7 @@ class RecurrentLayer:
                 for direction in range(self.num_directions):
                     idx = layer * self.num_directions + direction
                     st = self._layer_forward(layer, direction, layer_in,
-                                             tuple(s[idx] for s in init))
+                                             tuple(s[idx] for s in init), alloc)
                     states[layer, direction] = st
                     for final, value in zip(finals, self._layer_final(st, direction)):
                         final[idx] = value
@@ -323,8 +332,9 @@ class RecurrentLayer:
         init = tuple(self._prepare_state(s, name, batch, unbatched)
                      for s, name in zip(init, self._state_names))
         d_layer, d_finals = self._prepare_grads(d_output, d_finals, n_steps, batch, unbatched)
-        _, _, cache = self._forward_prepared(x, init, unbatched)
-        return self._backward_prepared(cache, d_layer, d_finals, False)
+        with ScratchBuffers() as scratch:  # nothing of the forward pass outlives this call
+            _, _, cache = self._forward_prepared(x, init, unbatched, scratch.empty)
+            return self._backward_prepared(cache, d_layer, d_finals, False, scratch.empty)
 
     def _prepare_grads(self, d_output, d_finals, n_steps, batch, unbatched):
         width = self.num_directions * self.hidden_size
@@ -369,9 +379,11 @@ class RecurrentLayer:
         self._check_cache(cache)
         d_layer, d_finals = self._prepare_grads(d_output, d_finals, cache["n_steps"],
                                                 cache["batch"], cache["unbatched"])
-        return self._backward_prepared(cache, d_layer, d_finals, return_hidden_grads)
+        with ScratchBuffers() as scratch:
+            return self._backward_prepared(cache, d_layer, d_finals, return_hidden_grads,
+                                           scratch.empty)
 
-    def _backward_prepared(self, cache, d_layer, d_finals, return_hidden_grads):
+    def _backward_prepared(self, cache, d_layer, d_finals, return_hidden_grads, alloc=np.empty):
         n_steps, batch, unbatched = cache["n_steps"], cache["batch"], cache["unbatched"]
         grads = {}
         d_init = tuple(np.empty_like(d) for d in d_finals)
@@ -387,7 +399,7 @@ class RecurrentLayer:
                                              cache["states"][layer, direction],
                                              tuple(s[idx] for s in cache["init"]), d_out,
                                              tuple(d[idx] for d in d_finals), grads,
-                                             return_hidden_grads)
+                                             return_hidden_grads, alloc)
                     for d, name in zip(d_init, self._state_names):
                         d[idx] = g[name]
                     d_in = g["input"] if d_in is None else d_in + g["input"]
@@ -406,11 +418,13 @@ class RecurrentLayer:
         out = self._layer_output(states)
         return (out[0 if direction else out.shape[0] - 1],)
 
-    def _layer_forward(self, layer, direction, layer_in, init):
+    def _layer_forward(self, layer, direction, layer_in, init, alloc):
+        """Run one layer and direction; ``alloc(shape, dtype)`` may serve arrays that are not
+        returned by the model (see :class:`~rnnlab.kernels.cpu.lstm.ScratchBuffers`)."""
         raise NotImplementedError
 
     def _layer_backward(self, layer, direction, layer_in, states, init, d_out, d_final, grads,
-                        return_hidden_grads):
+                        return_hidden_grads, alloc):
         raise NotImplementedError
 
     # ----------------------------------------------------------------------------- streaming
@@ -535,7 +549,7 @@ class RNN(RecurrentLayer):
     def _layer_output(self, states):
         return states[-1]
 
-    def _layer_forward(self, layer, direction, layer_in, init):
+    def _layer_forward(self, layer, direction, layer_in, init, alloc):
         sfx, p = _suffix(layer, direction), self._params
         bias = p[f"bias_ih{sfx}"] + p[f"bias_hh{sfx}"] if self.bias else None
         w_tr, b_tr = self._transition(sfx)
@@ -543,7 +557,7 @@ class RNN(RecurrentLayer):
                                  w_tr, b_tr, init[0], self._act, reverse=bool(direction))
 
     def _layer_backward(self, layer, direction, layer_in, states, init, d_out, d_final, grads,
-                        return_hidden_grads):
+                        return_hidden_grads, alloc):
         (h0,), (d_hn,) = init, d_final
         sfx, p = _suffix(layer, direction), self._params
         w_tr, _ = self._transition(sfx)
@@ -671,8 +685,7 @@ class LSTM(RecurrentLayer):
         (h_n, c_n) : tuple of ndarray
             Every layer's final hidden and cell states, each shaped like ``h0``.
         """
-        output, hc, _ = self.forward_with_cache(x, hx)
-        return output, hc
+        return self._forward_only(x, self._split_hx(hx))
 
     def forward_with_cache(self, x, hx=None):
         """:meth:`forward`, also returning what :meth:`backward_from_cache` needs.
@@ -761,18 +774,19 @@ class LSTM(RecurrentLayer):
         t = 0 if direction else states["hidden"].shape[0] - 1
         return states["hidden"][t], states["cells"][t]
 
-    def _layer_forward(self, layer, direction, layer_in, init):
+    def _layer_forward(self, layer, direction, layer_in, init, alloc):
         sfx, p = _suffix(layer, direction), self._params
         bias = p[f"bias_ih{sfx}"] + p[f"bias_hh{sfx}"] if self.bias else None
         return lstm_layer_forward(layer_in, p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], bias,
-                                  init[0], init[1], reverse=bool(direction))
+                                  init[0], init[1], reverse=bool(direction), alloc=alloc)
 
     def _layer_backward(self, layer, direction, layer_in, states, init, d_out, d_final, grads,
-                        return_hidden_grads):
+                        return_hidden_grads, alloc):
         sfx, p = _suffix(layer, direction), self._params
         g = lstm_layer_backward(layer_in, p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], init[0],
                                 init[1], states, d_out, d_final[0], d_final[1],
-                                reverse=bool(direction), hidden_grads=return_hidden_grads)
+                                reverse=bool(direction), hidden_grads=return_hidden_grads,
+                                alloc=alloc)
         grads[f"weight_ih{sfx}"] = g["weight_ih"]
         grads[f"weight_hh{sfx}"] = g["weight_hh"]
         if self.bias:
@@ -820,19 +834,19 @@ class GRU(RecurrentLayer):
     def _layer_output(self, states):
         return states["hidden"]
 
-    def _layer_forward(self, layer, direction, layer_in, init):
+    def _layer_forward(self, layer, direction, layer_in, init, alloc):
         sfx, p = _suffix(layer, direction), self._params
         b_ih = p[f"bias_ih{sfx}"] if self.bias else None
         b_hh = p[f"bias_hh{sfx}"] if self.bias else None
         return gru_layer_forward(layer_in, p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], b_ih,
-                                 b_hh, init[0], reverse=bool(direction))
+                                 b_hh, init[0], reverse=bool(direction), alloc=alloc)
 
     def _layer_backward(self, layer, direction, layer_in, states, init, d_out, d_final, grads,
-                        return_hidden_grads):
+                        return_hidden_grads, alloc):
         sfx, p = _suffix(layer, direction), self._params
         g = gru_layer_backward(layer_in, p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], init[0],
                                states, d_out, d_final[0], reverse=bool(direction),
-                               hidden_grads=return_hidden_grads)
+                               hidden_grads=return_hidden_grads, alloc=alloc)
         grads[f"weight_ih{sfx}"] = g["weight_ih"]
         grads[f"weight_hh{sfx}"] = g["weight_hh"]
         if self.bias:

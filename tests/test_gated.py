@@ -278,6 +278,72 @@ def test_reruns_and_thread_counts_are_bitwise_identical(case, dtype):
             assert np.array_equal(a[1][k], other[1][k]), k
 
 
+@pytest.mark.parametrize("case", sorted(CELLS))
+def test_parallel_products_are_bitwise_the_serial_ones(case, monkeypatch):
+    """The large products run in fixed blocks, on one thread or several: the same bits."""
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((40, 6, 5))
+    d_out = rng.standard_normal((40, 6, 16))
+    net = CELLS[case](5, 8, num_layers=2, bidirectional=True, dtype=np.float64, seed=4)
+    serial = net.backward(x, d_out)
+    monkeypatch.setattr(lstm_kernels, "PARALLEL_WORK", 0)
+    monkeypatch.setattr(lstm_kernels, "BLOCK_WORK", 1000)  # several blocks per product
+    parallel = net.backward(x, d_out)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        one_thread = net.backward(x, d_out)
+    finally:
+        numba.set_num_threads(threads)
+    for k, g in serial.items():
+        np.testing.assert_allclose(parallel[k], g, rtol=1e-13, atol=1e-15)  # other blocks
+        assert np.array_equal(parallel[k], one_thread[k]), k
+
+
+@pytest.mark.parametrize("case", sorted(CELLS))
+def test_scratch_buffers_never_leak_into_results(case):
+    """forward() and backward() reuse memory for the per-step states; nothing they return may
+    be overwritten by a later call, and the results are those of the cache path bit for bit."""
+    rng = np.random.default_rng(11)
+    net = CELLS[case](3, 6, num_layers=2, bidirectional=True, dtype=np.float64, seed=5)
+    lstm = case == "lstm"
+    x1, x2 = rng.standard_normal((2, 7, 4, 3))
+    d_out = rng.standard_normal((7, 4, 12))
+    first = net(x1)
+    kept = [np.copy(first[0])] + [np.copy(a) for a in (first[1] if lstm else (first[1],))]
+    g1 = net.backward(x1, d_out)
+    g1_copy = {k: v.copy() for k, v in g1.items()}
+    net(x2)
+    net.backward(x2, d_out)
+    assert np.array_equal(first[0], kept[0])
+    for a, b in zip(first[1] if lstm else (first[1],), kept[1:]):
+        assert np.array_equal(a, b)
+    for k, v in g1.items():
+        assert np.array_equal(v, g1_copy[k]), k
+    out_c, finals_c, cache = net.forward_with_cache(x1)
+    assert np.array_equal(out_c, first[0])
+    g_c = net.backward_from_cache(cache, d_out)
+    for k, v in g_c.items():
+        assert np.array_equal(v, g1[k]), k
+    # the cache survives a backward pass and a second use
+    g_c2 = net.backward_from_cache(cache, d_out)
+    assert all(np.array_equal(v, g_c2[k]) for k, v in g_c.items())
+
+
+def test_scratch_pool_is_bounded_and_releasable(monkeypatch):
+    monkeypatch.setattr(lstm_kernels, "SCRATCH_BYTES", 1000)
+    with lstm_kernels.ScratchBuffers() as scratch:
+        big = scratch.empty((200,), np.float64)  # 1600 bytes: not kept
+        small = scratch.empty((10,), np.float64)
+    with lstm_kernels.ScratchBuffers() as scratch:
+        assert scratch.empty((10,), np.float64) is small
+        assert scratch.empty((10,), np.float64) is not small
+        assert scratch.empty((200,), np.float64) is not big
+    lstm_kernels.release_scratch()
+    with lstm_kernels.ScratchBuffers() as scratch:
+        assert scratch.empty((10,), np.float64) is not small
+
+
 def test_each_kernel_compiles_once_per_dtype():
     for dtype in (np.float32, np.float64):
         for case in CELLS:

@@ -23,11 +23,13 @@ import numpy as np
 from numba import njit, prange
 
 from ...activations import fast_sigmoid, fast_tanh, one_like
-from .lstm import accumulate_product, prev_state_product
+from .lstm import accumulate_product, matmul_tasks, prev_state_tasks, run_products
 from .vanilla import n_chunks
 
 #: Gate blocks stacked in the weights: r, z, n.
 GATES = 3
+
+# error_model="numpy" lets the gate loops vectorise (see rnnlab.kernels.cpu.lstm).
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -172,7 +174,7 @@ def gru_recurrence_backward(w_hh, h0, gates, hn, hidden, d_out, dh_n, reverse, d
                 dh0[b0 + bb, i] = dh[bb, i]
 
 
-def gru_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, reverse=False):
+def gru_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, reverse=False, alloc=np.empty):
     """Forward pass of one GRU layer in one direction.
 
     Parameters
@@ -189,6 +191,10 @@ def gru_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, reverse=False):
         Initial state.
     reverse : bool, optional
         Read the sequence backwards.
+    alloc : callable, optional
+        ``alloc(shape, dtype)`` for the gate and ``hn`` arrays (e.g.
+        :meth:`~rnnlab.kernels.cpu.lstm.ScratchBuffers.empty` when the states do not outlive the
+        call); the hidden states always get fresh memory.
 
     Returns
     -------
@@ -200,14 +206,15 @@ def gru_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, reverse=False):
     n_steps, batch, n_in = x.shape
     width = w_hh.shape[0]
     hid = width // GATES
-    gates = np.empty((n_steps, batch, width), dtype=x.dtype)
-    # the input projection of every step at once: one GEMM over T*B rows
-    np.matmul(x.reshape(n_steps * batch, n_in), w_ih.T, out=gates.reshape(-1, width))
+    gates = alloc((n_steps, batch, width), x.dtype)
+    # the input projection of every step at once: a GEMM over T*B rows
+    run_products(matmul_tasks(x.reshape(n_steps * batch, n_in), w_ih.T, gates.reshape(-1, width)),
+                 gates.size * n_in)
     if b_ih is None:
         b_ih = np.zeros(width, dtype=x.dtype)
     if b_hh is None:
         b_hh = np.zeros(width, dtype=x.dtype)
-    hn = np.empty((n_steps, batch, hid), dtype=x.dtype)
+    hn = alloc((n_steps, batch, hid), x.dtype)
     hidden = np.empty((n_steps, batch, hid), dtype=x.dtype)
     gru_recurrence(np.ascontiguousarray(w_hh.T), b_ih, b_hh, h0, reverse, gates, hn, hidden,
                    n_chunks(batch))
@@ -215,7 +222,7 @@ def gru_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, reverse=False):
 
 
 def gru_layer_backward(x, w_ih, w_hh, h0, states, d_out, dh_n, reverse=False,
-                       hidden_grads=False):
+                       hidden_grads=False, alloc=np.empty):
     """Backward pass (BPTT) of one GRU layer in one direction.
 
     Parameters
@@ -230,6 +237,9 @@ def gru_layer_backward(x, w_ih, w_hh, h0, states, d_out, dh_n, reverse=False,
         Gradient with respect to the final hidden state.
     hidden_grads : bool, optional
         Also return ``"hidden"``, the total dL/dh<t> (T, B, H).
+    alloc : callable, optional
+        ``alloc(shape, dtype)`` for ``dz`` (e.g.
+        :meth:`~rnnlab.kernels.cpu.lstm.ScratchBuffers.empty` when the caller does not keep it).
 
     Returns
     -------
@@ -242,21 +252,26 @@ def gru_layer_backward(x, w_ih, w_hh, h0, states, d_out, dh_n, reverse=False,
     n_steps, batch, width = gates.shape
     hid = width // GATES
     n_in = x.shape[2]
-    dz = np.empty((n_steps, batch, width + hid), dtype=x.dtype)
+    dz = alloc((n_steps, batch, width + hid), x.dtype)
     dh0 = np.empty_like(h0)
     d_hidden = np.empty((n_steps if hidden_grads else 0, batch, hid), dtype=x.dtype)
     db_rows = np.zeros((batch, width + hid), dtype=np.float64)
     gru_recurrence_backward(w_hh, h0, gates, hn, hidden, d_out, dh_n, reverse, dz, dh0, db_rows,
                             d_hidden, n_chunks(batch))
     dz_ih = dz.reshape(-1, width + hid)[:, :width]  # a strided view: BLAS takes it as is
+    d_x = np.empty_like(x)
+    d_w_ih = np.empty_like(w_ih)
     d_w_hh = np.empty_like(w_hh)
-    d_w_hh[:2 * hid] = prev_state_product(dz[:, :, :2 * hid], hidden, h0, reverse)
-    d_w_hh[2 * hid:] = prev_state_product(dz[:, :, 3 * hid:], hidden, h0, reverse)
+    run_products(matmul_tasks(dz_ih, w_ih, d_x.reshape(-1, n_in))
+                 + matmul_tasks(dz_ih.T, x.reshape(-1, n_in), d_w_ih)
+                 + prev_state_tasks(dz[:, :, :2 * hid], hidden, h0, reverse, d_w_hh[:2 * hid])
+                 + prev_state_tasks(dz[:, :, 3 * hid:], hidden, h0, reverse, d_w_hh[2 * hid:]),
+                 gates.size * (2 * n_in + hid))
     sums = db_rows.sum(axis=0).astype(x.dtype)
     grads = {
-        "input": (dz_ih @ w_ih).reshape(n_steps, batch, n_in),
+        "input": d_x,
         "h0": dh0,
-        "weight_ih": dz_ih.T @ x.reshape(-1, n_in),
+        "weight_ih": d_w_ih,
         "weight_hh": d_w_hh,
         "bias_ih": sums[:width].copy(),
         "bias_hh": np.concatenate([sums[:2 * hid], sums[3 * hid:]]),

@@ -12,16 +12,225 @@ the loop and the weight gradients after it are single large matrix products
 (:func:`lstm_layer_forward`, :func:`lstm_layer_backward`). The batch is split into one chunk per
 thread outside the time loop and every sum runs in a fixed order, so results are bitwise
 reproducible and independent of the thread count.
+
+Shared with :mod:`rnnlab.kernels.cpu.gru`: :func:`accumulate_product` (the per-step product),
+:func:`run_products` with :func:`matmul_tasks` and :func:`prev_state_tasks` (the large products,
+on all cores without BLAS's spinning threads), and :class:`ScratchBuffers` (memory reused for the
+arrays that do not outlive a call).
 """
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
 import numpy as np
 from numba import njit, prange
 
+from ..._blas import blas_threads_for
 from ...activations import fast_sigmoid, fast_tanh, one_like
 from .vanilla import n_chunks
 
 #: Gate blocks stacked in the weights: i, f, g, o.
 GATES = 4
+
+# The kernels compile with error_model="numpy": with Python's error model every division (the
+# rational tanh and sigmoid divide) carries a ZeroDivisionError check, and that branch alone
+# keeps LLVM from vectorising the gate loops (measured: scalar vdivss instead of vdivps zmm).
+
+
+# ------------------------------------------------------------------------------ scratch buffers
+# Fresh memory costs a page fault per 4 KiB page on first touch; in a run of T = 1000, B = 1,
+# H = 64 that was a quarter of the time of a forward + backward pass. Buffers that never leave a
+# call (gate activations, cell states, dz) can come from a per-thread pool instead, kept between
+# calls up to SCRATCH_BYTES.
+
+#: Most bytes of scratch buffers each thread keeps between calls.
+SCRATCH_BYTES = 1 << 27
+
+_scratch = threading.local()
+
+
+class ScratchBuffers:
+    """Context manager handing out reusable buffers for arrays that do not outlive a call.
+
+    Inside ``with ScratchBuffers() as scratch:``, ``scratch.empty(shape, dtype)`` behaves as
+    ``np.empty`` but may return (uninitialised) memory used by an earlier call on this thread.
+    On exit every buffer handed out goes back to the thread's pool (the most recent ones first,
+    up to :data:`SCRATCH_BYTES`): none of them may be referenced after the block.
+    """
+
+    def __enter__(self):
+        # take the thread's pool: a nested block starts from an empty one
+        self._free = getattr(_scratch, "free", None) or {}
+        _scratch.free = {}
+        self._used = []
+        return self
+
+    def empty(self, shape, dtype):
+        """An uninitialised array, as ``np.empty(shape, dtype)``."""
+        key = (tuple(shape), np.dtype(dtype))
+        stack = self._free.get(key)
+        arr = stack.pop() if stack else np.empty(key[0], dtype=key[1])
+        self._used.append(arr)
+        return arr
+
+    def __exit__(self, *exc):
+        keep, total = {}, 0
+        for arr in reversed(self._used):
+            if total + arr.nbytes <= SCRATCH_BYTES:
+                keep.setdefault((arr.shape, arr.dtype), []).append(arr)
+                total += arr.nbytes
+        _scratch.free = keep
+        self._used = self._free = None
+        return False
+
+
+def release_scratch():
+    """Free the scratch buffers kept by this thread (see :class:`ScratchBuffers`)."""
+    _scratch.free = {}
+
+
+# ----------------------------------------------------------------------- large matrix products
+# The products over all T*B rows (input projection, input and weight gradients) run as
+# single-threaded BLAS calls on fixed row blocks, spread over this thread and a small pool.
+# OpenBLAS's own threads spin for a while after each call and then compete with the
+# recurrence's threads (measured here, 2 cores, T = 1000, B = 16, H = 256: the LSTM recurrence
+# ran 40 % slower right after a two-thread product); pool threads sleep instead. The blocks
+# depend on the shapes only, and each output block is one BLAS call over the whole reduction,
+# so results do not depend on the number of threads (with OpenBLAS they are even the bits of a
+# single call for the whole product, which OpenBLAS's own threading does not always give).
+
+#: Multiply-adds per block (fewer blocks for smaller products), and the most blocks: each
+#: block repacks the whole right-hand factor (for a weight gradient, all T*B rows of x or h),
+#: so more blocks than threads cost time (measured: 4 blocks 5 % faster than 8 on 2 cores).
+BLOCK_WORK = 1 << 22
+MAX_BLOCKS = 4
+#: Below this many multiply-adds in all, products run one after the other on this thread:
+#: handing work to another thread costs more than it saves (measured: T = 1000, B = 1, H = 64),
+#: not least because Numba's OpenMP workers are still spinning from the last recurrence.
+PARALLEL_WORK = 1 << 26
+
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def _executor():
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=max(1, numba.config.NUMBA_NUM_THREADS - 1),
+                                       thread_name_prefix="rnnlab-blas")
+        return _pool
+
+
+def _forget_pool_after_fork():
+    # a forked child has none of the parent's threads: it starts its own pool when needed
+    global _pool, _pool_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
+def run_products(tasks, work):
+    """Run independent products (zero-argument callables writing disjoint outputs) in parallel.
+
+    They are dealt round-robin to ``numba.get_num_threads()`` threads, this one included, with
+    BLAS limited to one thread; below :data:`PARALLEL_WORK` they run here, one after the other.
+
+    Parameters
+    ----------
+    tasks : list of callable
+    work : int
+        Multiply-adds of all the tasks together.
+    """
+    n_threads = min(len(tasks), numba.get_num_threads())
+    if n_threads <= 1 or work < PARALLEL_WORK:
+        with blas_threads_for(0):
+            for task in tasks:
+                task()
+        return
+
+    def run(k):
+        for task in tasks[k::n_threads]:
+            task()
+
+    with blas_threads_for(0):
+        futures = [_executor().submit(run, k) for k in range(1, n_threads)]
+        try:
+            run(0)
+        finally:
+            for future in futures:
+                future.result()
+
+
+def _blocks(n_rows, work):
+    count = int(min(MAX_BLOCKS, max(1, work // BLOCK_WORK), n_rows))
+    return [(n_rows * k // count, n_rows * (k + 1) // count) for k in range(count)]
+
+
+def matmul_tasks(a, b, out):
+    """Tasks computing ``out = a @ b`` in row blocks of ``a`` (see :func:`run_products`).
+
+    Parameters
+    ----------
+    a : ndarray, shape (M, K)
+        May be a transposed or column-sliced view (BLAS takes any unit-stride layout).
+    b : ndarray, shape (K, N)
+    out : ndarray, shape (M, N)
+        C-contiguous rows.
+
+    Returns
+    -------
+    list of callable
+    """
+    def task(r0, r1):
+        return lambda: np.matmul(a[r0:r1], b, out=out[r0:r1])
+
+    return [task(r0, r1) for r0, r1 in _blocks(a.shape[0], a.shape[0] * a.shape[1] * b.shape[1])]
+
+
+def prev_state_tasks(dz, hidden, h0, reverse, out):
+    """Tasks computing ``out = sum_t dz<t>^T h<t-1>``, the recurrent weight gradient.
+
+    For each block of rows of ``out``: one product with ``h0`` for the first step processed,
+    plus one large product over the other (T - 1) * B rows.
+
+    Parameters
+    ----------
+    dz : ndarray, shape (T, B, K)
+        Gradients with respect to the recurrent pre-activations (may be a column slice).
+    hidden : ndarray, shape (T, B, H)
+        The hidden states.
+    h0 : ndarray, shape (B, H)
+        The initial state (the "previous" state of the first step processed).
+    reverse : bool
+        Direction of the recurrence (the previous state of ``t`` is ``h<t+1>``).
+    out : ndarray, shape (K, H)
+        Output.
+
+    Returns
+    -------
+    list of callable
+    """
+    n_steps, batch, width = dz.shape
+    hid = hidden.shape[2]
+    first, rest, prev = (n_steps - 1, slice(0, -1), slice(1, None)) if reverse else (
+        0, slice(1, None), slice(0, -1))
+    dz_first = dz[first].T
+    dz_rest = dz[rest].reshape(-1, width).T
+    h_prev = hidden[prev].reshape(-1, hid)
+
+    def task(r0, r1):
+        def run():
+            np.matmul(dz_first[r0:r1], h0, out=out[r0:r1])
+            if n_steps > 1:
+                out[r0:r1] += dz_rest[r0:r1] @ h_prev
+        return run
+
+    return [task(r0, r1) for r0, r1 in _blocks(width, width * n_steps * batch * hid)]
 
 
 @njit(cache=True, error_model="numpy")
@@ -227,7 +436,7 @@ def lstm_recurrence_backward(w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reve
                 dc0[b0 + bb, i] = dc[bb, i]
 
 
-def lstm_layer_forward(x, w_ih, w_hh, bias, h0, c0, reverse=False):
+def lstm_layer_forward(x, w_ih, w_hh, bias, h0, c0, reverse=False, alloc=np.empty):
     """Forward pass of one LSTM layer in one direction.
 
     Parameters
@@ -244,6 +453,9 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, h0, c0, reverse=False):
         Initial states.
     reverse : bool, optional
         Read the sequence backwards.
+    alloc : callable, optional
+        ``alloc(shape, dtype)`` for the gate and cell arrays (e.g. :meth:`ScratchBuffers.empty`
+        when the states do not outlive the call); the hidden states always get fresh memory.
 
     Returns
     -------
@@ -254,48 +466,21 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, h0, c0, reverse=False):
     n_steps, batch, n_in = x.shape
     width = w_hh.shape[0]
     hid = width // GATES
-    gates = np.empty((n_steps, batch, width), dtype=x.dtype)
-    # the input projection of every step at once: one GEMM over T*B rows
-    np.matmul(x.reshape(n_steps * batch, n_in), w_ih.T, out=gates.reshape(-1, width))
+    gates = alloc((n_steps, batch, width), x.dtype)
+    # the input projection of every step at once: a GEMM over T*B rows
+    run_products(matmul_tasks(x.reshape(n_steps * batch, n_in), w_ih.T, gates.reshape(-1, width)),
+                 gates.size * n_in)
     if bias is None:
         bias = np.zeros(width, dtype=x.dtype)
-    cells = np.empty((n_steps, batch, hid), dtype=x.dtype)
+    cells = alloc((n_steps, batch, hid), x.dtype)
     hidden = np.empty((n_steps, batch, hid), dtype=x.dtype)
     lstm_recurrence(np.ascontiguousarray(w_hh.T), bias, h0, c0, reverse, gates, cells, hidden,
                     n_chunks(batch))
     return {"gates": gates, "cells": cells, "hidden": hidden}
 
 
-def prev_state_product(dz, hidden, h0, reverse):
-    """``sum_t dz<t>^T h<t-1>`` (the recurrent weight gradient) as two large matrix products.
-
-    Parameters
-    ----------
-    dz : ndarray, shape (T, B, K)
-        Gradients with respect to the recurrent pre-activations (may be a column slice).
-    hidden : ndarray, shape (T, B, H)
-        The hidden states.
-    h0 : ndarray, shape (B, H)
-        The initial state (the "previous" state of the first step processed).
-    reverse : bool
-        Direction of the recurrence (the previous state of ``t`` is ``h<t+1>``).
-
-    Returns
-    -------
-    ndarray, shape (K, H)
-    """
-    n_steps, batch, width = dz.shape
-    hid = hidden.shape[2]
-    first, rest, prev = (n_steps - 1, slice(0, -1), slice(1, None)) if reverse else (
-        0, slice(1, None), slice(0, -1))
-    out = dz[first].T @ h0
-    if n_steps > 1:
-        out += dz[rest].reshape(-1, width).T @ hidden[prev].reshape(-1, hid)
-    return out
-
-
 def lstm_layer_backward(x, w_ih, w_hh, h0, c0, states, d_out, dh_n, dc_n, reverse=False,
-                        hidden_grads=False):
+                        hidden_grads=False, alloc=np.empty):
     """Backward pass (BPTT) of one LSTM layer in one direction.
 
     Parameters
@@ -310,6 +495,9 @@ def lstm_layer_backward(x, w_ih, w_hh, h0, c0, states, d_out, dh_n, dc_n, revers
         Gradients with respect to the final hidden and cell states.
     hidden_grads : bool, optional
         Also return ``"hidden"`` and ``"cell"``, the total dL/dh<t> and dL/dc<t> (T, B, H).
+    alloc : callable, optional
+        ``alloc(shape, dtype)`` for ``dz`` (e.g. :meth:`ScratchBuffers.empty` when the caller
+        does not keep it).
 
     Returns
     -------
@@ -321,7 +509,7 @@ def lstm_layer_backward(x, w_ih, w_hh, h0, c0, states, d_out, dh_n, dc_n, revers
     gates, cells, hidden = states["gates"], states["cells"], states["hidden"]
     n_steps, batch, width = gates.shape
     n_in = x.shape[2]
-    dz = np.empty_like(gates)
+    dz = alloc(gates.shape, gates.dtype)
     dh0 = np.empty_like(h0)
     dc0 = np.empty_like(c0)
     d_hidden = np.empty((n_steps if hidden_grads else 0,) + hidden.shape[1:], dtype=x.dtype)
@@ -330,12 +518,19 @@ def lstm_layer_backward(x, w_ih, w_hh, h0, c0, states, d_out, dh_n, dc_n, revers
     lstm_recurrence_backward(w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reverse, dz, dh0,
                              dc0, db_rows, d_hidden, d_cell, n_chunks(batch))
     dz2 = dz.reshape(-1, width)
+    d_x = np.empty_like(x)
+    d_w_ih = np.empty_like(w_ih)
+    d_w_hh = np.empty_like(w_hh)
+    run_products(matmul_tasks(dz2, w_ih, d_x.reshape(-1, n_in))
+                 + matmul_tasks(dz2.T, x.reshape(-1, n_in), d_w_ih)
+                 + prev_state_tasks(dz, hidden, h0, reverse, d_w_hh),
+                 dz.size * (2 * n_in + hidden.shape[2]))
     grads = {
-        "input": (dz2 @ w_ih).reshape(n_steps, batch, n_in),
+        "input": d_x,
         "h0": dh0,
         "c0": dc0,
-        "weight_ih": dz2.T @ x.reshape(-1, n_in),
-        "weight_hh": prev_state_product(dz, hidden, h0, reverse),
+        "weight_ih": d_w_ih,
+        "weight_hh": d_w_hh,
         "bias": db_rows.sum(axis=0).astype(x.dtype),
         "dz": dz,
     }
