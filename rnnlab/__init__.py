@@ -1,6 +1,7 @@
 """rnnlab: gradient flow in recurrent neural networks, on Numba kernels."""
 
 from ._version import __version__
-from .layers import GRU, LSTM, RNN
+from .gated import GRU, LSTM
+from .layers import RNN
 
 __all__ = ["RNN", "LSTM", "GRU", "__version__"]

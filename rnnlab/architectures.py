@@ -434,7 +434,8 @@ def recurrent_layer(cell, input_size, hidden_size, **kwargs):
         Passed to :class:`rnnlab.RNN`, :class:`rnnlab.LSTM` or :class:`rnnlab.GRU`
         (``num_layers``, ``bidirectional``, ``dtype``, ``seed``, ...).
     """
-    from .layers import GRU, LSTM, RNN
+    from .gated import GRU, LSTM
+    from .layers import RNN
 
     if cell == "lstm":
         return LSTM(input_size, hidden_size, **kwargs)

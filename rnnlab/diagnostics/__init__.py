@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from .. import _validation as v
-from ..layers import GRU, LSTM, RNN, RecurrentLayer
+from ..gated import GRU, LSTM
+from ..layers import RNN, RecurrentLayer
 from .gradient_decay import GradientDecay, gradient_decay
 from .lyapunov import LyapunovResult, lyapunov_spectrum
 from .pascanu import pascanu_conditions

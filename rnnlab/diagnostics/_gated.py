@@ -3,7 +3,7 @@
 import numpy as np
 
 from ..kernels.cpu import jacobian as jac_kernels
-from ..layers import LSTM
+from ..gated import LSTM
 from .trajectory import Trajectory, base_config
 
 
