@@ -23,7 +23,7 @@ from numba import njit, prange
 from ...activations import activate, derivative_from_output
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def rnn_recurrence(w_hh_t, w_tr_t, b_tr, h0, act, reverse, states, n_chunks):
     """Run the recurrence of one layer in one direction, in place.
 
@@ -86,7 +86,7 @@ def rnn_recurrence(w_hh_t, w_tr_t, b_tr, h0, act, reverse, states, n_chunks):
                         u[b, i] = activate(act, u[b, i])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def rnn_recurrence_backward(w_hh, w_tr, states, d_out, dh_n, act, reverse, dz, dh0, n_chunks):
     """Backpropagate through time for one layer in one direction.
 
