@@ -1,21 +1,25 @@
-"""Benchmark rnnlab's tanh RNN (forward + BPTT) against PyTorch and JAX on the CPU.
+"""Benchmark rnnlab's recurrent layers (forward + BPTT) against PyTorch and JAX on the CPU.
 
 What it measures
 ----------------
-For each size ``(T, B, H)`` (sequence length, batch, hidden units; input size ``I = H`` unless
-``--input-size`` is given) one single-layer tanh RNN is built with rnnlab, and the *same* weights
-are copied into ``torch.nn.RNN`` and into a JAX ``lax.scan`` implementation. All three get the
-same ``x`` (T, B, I) and ``d_output`` (T, B, H). Two operations are timed:
+``--cell`` picks the layer: ``rnn`` (tanh RNN, the default), ``lstm`` or ``gru``. For each size
+``(T, B, H)`` (sequence length, batch, hidden units; input size ``I = H`` unless
+``--input-size`` is given) one single-layer network of that cell is built with rnnlab, and the
+*same* weights are copied into ``torch.nn.RNN`` / ``torch.nn.LSTM`` / ``torch.nn.GRU`` and into a
+JAX ``lax.scan`` implementation of the same cell in PyTorch's conventions (LSTM gates i, f, g, o;
+GRU gates r, z, n with ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))`` and
+``h' = (1 - z) * n + z * h``). All three get the same ``x`` (T, B, I) and ``d_output``
+(T, B, H); initial states are zeros. Two operations are timed:
 
 * **fwd+bwd**: the forward pass plus backpropagation through time for the loss
   ``L = sum(output * d_output)``, producing the gradients of every parameter *and* of the input.
 
   - rnnlab: ``net.backward(x, d_output)``
-  - PyTorch: ``out, _ = rnn(x)`` then ``(out * d_output).sum().backward()`` (``x`` requires grad;
+  - PyTorch: ``out, _ = net(x)`` then ``(out * d_output).sum().backward()`` (``x`` requires grad;
     gradients are reset before every call)
   - JAX: ``jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x, d_output)``, blocked until ready
 
-* **fwd**: the forward pass only (``net(x)``; ``rnn(x)`` under ``torch.no_grad()``; a jitted
+* **fwd**: the forward pass only (``net(x)``; ``net(x)`` under ``torch.no_grad()``; a jitted
   ``lax.scan`` returning the outputs).
 
 Before timing, every size is checked once: the outputs and ``dL/dW_hh`` (and ``dL/dx``) of
@@ -48,6 +52,7 @@ installed::
     PYTHONPATH=. python benchmarks/bench_rnn.py --no-jax --dtype float64
     PYTHONPATH=. python benchmarks/bench_rnn.py --fresh-numba-cache  # time a cold Numba compile
     PYTHONPATH=. python benchmarks/bench_rnn.py --wait-quiet 300     # on a shared machine
+    PYTHONPATH=. python benchmarks/bench_rnn.py --cell lstm          # or --cell gru
 
 rnnlab's kernels are compiled by Numba on the first call and cached on disk, so the first call of
 a session is either a compile (cold cache) or a cache load (warm cache). ``--fresh-numba-cache``
@@ -67,6 +72,7 @@ import time
 
 DEFAULT_SIZES = ((1000, 1, 64), (1000, 32, 64), (10000, 32, 64), (1000, 32, 256))
 FRAMEWORKS = ("rnnlab", "torch", "jax")
+CELLS = ("rnn", "lstm", "gru")
 #: Largest allowed relative error ``max|a - b| / max|b|`` between two implementations.
 TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
 
@@ -109,6 +115,8 @@ def parse_args(argv=None):
     """
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--cell", choices=CELLS, default="rnn",
+                   help="recurrent cell: tanh RNN, LSTM or GRU (single layer, PyTorch layout)")
     p.add_argument("--sizes", type=parse_size, nargs="+", default=list(DEFAULT_SIZES),
                    metavar="T,B,H", help="sizes to run (sequence length, batch, hidden)")
     p.add_argument("--input-size", type=int, default=None,
@@ -133,6 +141,9 @@ def parse_args(argv=None):
     p.add_argument("--retries", type=int, default=3,
                    help="with --wait-quiet, how many times a disturbed block may be redone")
     p.add_argument("--out", default=None, help="write the results as CSV to this path")
+    p.add_argument("--append", action="store_true",
+                   help="append the rows to --out (header written only if the file is new or "
+                        "empty; an existing header must match)")
     args = p.parse_args(argv)
     if args.repeats < 7:
         p.error("--repeats must be at least 7")
@@ -145,10 +156,12 @@ def parse_args(argv=None):
 
 # ------------------------------------------------------------------------------- implementations
 class RnnlabImpl:
-    """rnnlab's ``RNN`` layer; the reference the others are compared with.
+    """rnnlab's ``RNN``, ``LSTM`` or ``GRU`` layer; the reference the others are compared with.
 
     Parameters
     ----------
+    cell : {"rnn", "lstm", "gru"}
+        Recurrent cell.
     n_in, hidden : int
         Input size and hidden units.
     dtype : {"float32", "float64"}
@@ -159,10 +172,14 @@ class RnnlabImpl:
 
     name = "rnnlab"
 
-    def __init__(self, n_in, hidden, dtype, seed):
+    def __init__(self, cell, n_in, hidden, dtype, seed):
         import rnnlab
 
-        self.net = rnnlab.RNN(n_in, hidden, nonlinearity="tanh", dtype=dtype, seed=seed)
+        if cell == "rnn":
+            self.net = rnnlab.RNN(n_in, hidden, nonlinearity="tanh", dtype=dtype, seed=seed)
+        else:
+            layer = rnnlab.LSTM if cell == "lstm" else rnnlab.GRU
+            self.net = layer(n_in, hidden, dtype=dtype, seed=seed)
 
     def state_dict(self):
         """The weights, under PyTorch's names."""
@@ -187,10 +204,12 @@ class RnnlabImpl:
 
 
 class TorchImpl:
-    """``torch.nn.RNN`` with autograd.
+    """``torch.nn.RNN``, ``torch.nn.LSTM`` or ``torch.nn.GRU`` with autograd.
 
     Parameters
     ----------
+    cell : {"rnn", "lstm", "gru"}
+        Recurrent cell.
     n_in, hidden : int
         Input size and hidden units.
     dtype : {"float32", "float64"}
@@ -201,12 +220,16 @@ class TorchImpl:
 
     name = "torch"
 
-    def __init__(self, n_in, hidden, dtype, state_dict):
+    def __init__(self, cell, n_in, hidden, dtype, state_dict):
         import torch
 
         self.torch = torch
         self.tdtype = torch.float32 if dtype == "float32" else torch.float64
-        self.net = torch.nn.RNN(n_in, hidden, nonlinearity="tanh").to(self.tdtype)
+        if cell == "rnn":
+            net = torch.nn.RNN(n_in, hidden, nonlinearity="tanh")
+        else:
+            net = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(n_in, hidden)
+        self.net = net.to(self.tdtype)
         self.net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state_dict.items()})
 
     def setup(self, x, d_output):
@@ -235,10 +258,15 @@ class TorchImpl:
 
 
 class JaxImpl:
-    """A tanh RNN written with ``jax.lax.scan``, differentiated with ``jax.grad``, jitted.
+    """A tanh RNN, LSTM or GRU written with ``jax.lax.scan``, differentiated with ``jax.grad``.
+
+    Both the gradient and the forward pass are jitted. The cells follow PyTorch's conventions
+    (gate blocks stacked i, f, g, o for the LSTM and r, z, n for the GRU).
 
     Parameters
     ----------
+    cell : {"rnn", "lstm", "gru"}
+        Recurrent cell.
     n_in, hidden : int
         Input size and hidden units.
     dtype : {"float32", "float64"}
@@ -249,27 +277,62 @@ class JaxImpl:
 
     name = "jax"
 
-    def __init__(self, n_in, hidden, dtype, state_dict):
+    def __init__(self, cell, n_in, hidden, dtype, state_dict):
         import jax
         import jax.numpy as jnp
 
         self.jax, self.jnp = jax, jnp
-        self.hidden = hidden
+        self.cell, self.hidden = cell, hidden
         self.params = {k.removesuffix("_l0"): jnp.asarray(v) for k, v in state_dict.items()}
         self._fwd = jax.jit(self.forward)
         self._grad = jax.jit(jax.grad(self.loss, argnums=(0, 1)))
 
     def forward(self, params, x):
-        """All hidden states ``(T, B, H)``: ``h = tanh(x_t W_ih^T + b_ih + h W_hh^T + b_hh)``."""
-        jnp = self.jnp
+        """All hidden states ``(T, B, H)`` from zero initial states.
 
-        def step(h, x_t):
-            h = jnp.tanh(x_t @ params["weight_ih"].T + params["bias_ih"]
-                         + h @ params["weight_hh"].T + params["bias_hh"])
-            return h, h
+        * rnn: ``h = tanh(x_t W_ih^T + b_ih + h W_hh^T + b_hh)``
+        * lstm: ``[i, f, g, o] = [σ, σ, tanh, σ](x_t W_ih^T + b_ih + h W_hh^T + b_hh)``,
+          ``c = f * c + i * g``, ``h = o * tanh(c)``
+        * gru: ``r, z = σ(...)``, ``n = tanh(x_t W_in^T + b_in + r * (h W_hn^T + b_hn))``,
+          ``h = (1 - z) * n + z * h``
+        """
+        jax, jnp = self.jax, self.jnp
+        w_ih, w_hh = params["weight_ih"], params["weight_hh"]
+        b_ih, b_hh = params["bias_ih"], params["bias_hh"]
+        H = self.hidden
+        h0 = jnp.zeros((x.shape[1], H), dtype=x.dtype)
 
-        h0 = jnp.zeros((x.shape[1], self.hidden), dtype=x.dtype)
-        _, out = self.jax.lax.scan(step, h0, x)
+        if self.cell == "rnn":
+            def step(h, x_t):
+                h = jnp.tanh(x_t @ w_ih.T + b_ih + h @ w_hh.T + b_hh)
+                return h, h
+
+            carry = h0
+        elif self.cell == "lstm":
+            def step(hc, x_t):
+                h, c = hc
+                gates = x_t @ w_ih.T + b_ih + h @ w_hh.T + b_hh
+                i = jax.nn.sigmoid(gates[:, :H])
+                f = jax.nn.sigmoid(gates[:, H:2 * H])
+                g = jnp.tanh(gates[:, 2 * H:3 * H])
+                o = jax.nn.sigmoid(gates[:, 3 * H:])
+                c = f * c + i * g
+                h = o * jnp.tanh(c)
+                return (h, c), h
+
+            carry = (h0, h0)
+        else:
+            def step(h, x_t):
+                gi = x_t @ w_ih.T + b_ih
+                gh = h @ w_hh.T + b_hh
+                r = jax.nn.sigmoid(gi[:, :H] + gh[:, :H])
+                z = jax.nn.sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
+                n = jnp.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
+                h = (1 - z) * n + z * h
+                return h, h
+
+            carry = h0
+        _, out = jax.lax.scan(step, carry, x)
         return out
 
     def loss(self, params, x, d_output):
@@ -476,12 +539,12 @@ def run_size(size, args):
     x = rng.standard_normal((n_steps, batch, n_in)).astype(args.dtype)
     d_output = rng.standard_normal((n_steps, batch, hidden)).astype(args.dtype)
 
-    impls = [RnnlabImpl(n_in, hidden, args.dtype, args.seed)]
+    impls = [RnnlabImpl(args.cell, n_in, hidden, args.dtype, args.seed)]
     state = impls[0].state_dict()
     if not args.no_torch:
-        impls.append(TorchImpl(n_in, hidden, args.dtype, state))
+        impls.append(TorchImpl(args.cell, n_in, hidden, args.dtype, state))
     if not args.no_jax:
-        impls.append(JaxImpl(n_in, hidden, args.dtype, state))
+        impls.append(JaxImpl(args.cell, n_in, hidden, args.dtype, state))
     first = {}
     wait_until_quiet(args.wait_quiet)
     for impl in impls:
@@ -546,9 +609,9 @@ def format_table(title, rows, names):
     return "\n".join(lines)
 
 
-def make_row(size, n_in, op, times, other_cores, first, names):
+def make_row(cell, size, n_in, op, times, other_cores, first, names):
     """One CSV/table row: medians, IQRs, ratios to rnnlab, other load, first-call times."""
-    row = {"op": op, "T": size[0], "B": size[1], "H": size[2], "I": n_in}
+    row = {"cell": cell, "op": op, "T": size[0], "B": size[1], "H": size[2], "I": n_in}
     for n in names:
         row[n + "_ms"], row[n + "_iqr"] = summarize(times[n])
     for n in names[1:]:
@@ -601,7 +664,8 @@ def environment_summary(args):
     except (OSError, StopIteration):
         pass
     return (f"{cpu}, {os.cpu_count()} logical CPUs; " + ", ".join(parts)
-            + f"; dtype {args.dtype}, {args.warmup} warm-ups, median of {args.repeats}")
+            + f"; cell {args.cell}, dtype {args.dtype}, {args.warmup} warm-ups, "
+            f"median of {args.repeats}")
 
 
 def main(argv=None):
@@ -630,13 +694,15 @@ def main(argv=None):
         print(f"T={size[0]} B={size[1]} H={size[2]} I={n_in}", flush=True)
         first, results, other_load = run_size(size, args)
         for op, times in results.items():
-            rows[op].append(make_row(size, n_in, op, times, other_load[op], first, names))
+            rows[op].append(make_row(args.cell, size, n_in, op, times, other_load[op], first,
+                                     names))
     print()
-    print(format_table("Forward + BPTT (median ms; ratio > 1 means rnnlab is faster)",
+    cell = args.cell.upper()
+    print(format_table(f"{cell} forward + BPTT (median ms; ratio > 1 means rnnlab is faster)",
                        rows["fwd+bwd"], names))
     if rows["fwd"]:
         print()
-        print(format_table("Forward only (median ms; ratio > 1 means rnnlab is faster)",
+        print(format_table(f"{cell} forward only (median ms; ratio > 1 means rnnlab is faster)",
                            rows["fwd"], names))
     print("\nmax IQR: largest interquartile range / median among the implementations. other CPU:"
           " cores kept busy by other processes\nduring the timing (0 = machine to ourselves). "
@@ -645,11 +711,22 @@ def main(argv=None):
         all_rows = rows["fwd+bwd"] + rows["fwd"]
         for r in all_rows:
             r["dtype"] = args.dtype
-        with open(args.out, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(all_rows[0]))
-            writer.writeheader()
+        fields = list(all_rows[0])
+        header_needed = True
+        if args.append and os.path.exists(args.out) and os.path.getsize(args.out) > 0:
+            with open(args.out, newline="") as f:
+                existing = next(csv.reader(f), [])
+            if existing != fields:
+                print(f"error: {args.out} has other columns ({','.join(existing)}); not "
+                      f"appending", file=sys.stderr)
+                return 1
+            header_needed = False
+        with open(args.out, "a" if args.append else "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            if header_needed:
+                writer.writeheader()
             writer.writerows(all_rows)
-        print(f"wrote {args.out}")
+        print(f"{'appended to' if args.append else 'wrote'} {args.out}")
     return 0
 
 
