@@ -414,3 +414,21 @@ def test_diagnostics_errors():
     with pytest.raises(ValueError, match="joint=True"):
         trajectories(rnnlab.RNN(1, 2, num_layers=2, bidirectional=True, dtype=F64),
                      np.zeros((3, 1, 1)), joint=True)
+
+
+def test_an_overflowing_lower_layer_is_reported_even_if_the_top_is_finite():
+    # relu maps the NaN of an overflowed lower layer to 0: the output alone looks fine
+    net = rnnlab.RNN(1, 4, num_layers=2, nonlinearity="relu", dtype=F64, seed=0)
+    p = net.parameters()
+    p["weight_hh_l0"][...] = 3.0 * np.eye(4)
+    p["bias_ih_l0"][...] = 1.0
+    p["weight_ih_l1"][...] = -1.0  # layer 1 sees -inf/NaN -> relu -> 0
+    p["weight_hh_l1"][...] = 0.0
+    p["bias_ih_l1"][...] = 0.0
+    p["bias_hh_l1"][...] = 0.0
+    x = np.ones((1000, 1, 1))
+    with np.errstate(all="ignore"):
+        out, _ = net(x)
+    assert np.isfinite(out).all()  # the premise: the top layer stays finite
+    with pytest.raises(ValueError, match="not finite"):
+        trajectories(net, x)

@@ -191,8 +191,11 @@ def trajectories(model, x, h0=None, joint=None):
     if h0 is not None:
         h0 = (tuple(np.asarray(v.to_numpy(s, "h0"), dtype=np.float64) for s in h0)
               if isinstance(h0, tuple) else np.asarray(v.to_numpy(h0, "h0"), dtype=np.float64))
-    out, _, cache = m64.forward_with_cache(x64, h0)
-    if not np.isfinite(out).all():
+    with np.errstate(over="ignore", invalid="ignore"):
+        out, _, cache = m64.forward_with_cache(x64, h0)
+    # every layer's states, not only the output: in a relu stack a lower layer can overflow
+    # (inf, then NaN) while relu maps the NaN to 0 and the layers above stay finite
+    if not np.isfinite(out).all() or not _all_finite(cache["states"]):
         raise ValueError("the trajectory is not finite (the states overflowed): its Jacobians "
                          "and spectra are undefined; lower the gain or shorten the sequence")
     if isinstance(model, RNN):
@@ -200,6 +203,15 @@ def trajectories(model, x, h0=None, joint=None):
     from ._gated import gated_trajectories  # LSTM and GRU
 
     return gated_trajectories(m64, cache, joint)
+
+
+def _all_finite(obj):
+    """Whether every array in a (nested dict/tuple/list of) arrays is finite."""
+    if isinstance(obj, dict):
+        return all(_all_finite(o) for o in obj.values())
+    if isinstance(obj, (tuple, list)):
+        return all(_all_finite(o) for o in obj)
+    return not isinstance(obj, np.ndarray) or obj.dtype.kind != "f" or np.isfinite(obj).all()
 
 
 def base_config(model):
