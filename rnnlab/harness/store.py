@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 #: Tables up to this many rows also get a CSV twin.
-CSV_MAX_ROWS = 100_000
+CSV_MAX_ROWS = 20_000
 
 #: Columns that differ between reruns by nature (excluded when comparing runs).
 TIMING_COLUMNS = ("wall_s", "compile_s")
