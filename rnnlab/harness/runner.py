@@ -286,8 +286,10 @@ def run_plan(p, workers=None, scheduler=None, jobs=None, progress=None):
     finally:
         bar.close()
     table = store.merge(p.out, p.name, p.points)
+    # per point, from its shard (the points of a union grid need not share parameters)
     statuses = dict(collections.Counter(
-        table.groupby([c for c in p.points[0]], sort=False, dropna=False)["status"].first()))
+        s for s in (store.shard_status(store.shard_path(p.out, p.name, pt)) for pt in p.points)
+        if s is not None))
     return Report(p.name, p.out, len(p.points), len(p.todo), len(p.points) - len(p.todo),
                   statuses, table, time.perf_counter() - start)
 
