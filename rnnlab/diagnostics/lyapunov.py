@@ -8,6 +8,7 @@ fraction of the cost.
 
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 import pandas as pd
 
@@ -162,13 +163,20 @@ class _DenseRunner:
         qr_finish(self.qt, self.work, self.rdiag, incs, count, self.qr_work)
 
 
+#: Multiply-adds per step (k n^2) below which the matrix-free frame runs on one thread.
+SERIAL_WORK = 1 << 20
+
+
 class _DiagonalRunner:
     """Matrix-free: ``J_t = diag(g'_t) W``, blocks of the frame's rows on parallel threads."""
 
     def __init__(self, w_hh, deriv, q, m):
         n, k = q.shape
         self.w_hh_t, self.deriv, self.m = np.ascontiguousarray(w_hh.T), deriv, m
-        n_blocks = n_chunks(k)
+        # a parallel region per step costs more than a small frame's step (and stalls when
+        # the other cores are busy): small frames run on one thread
+        self.serial = k * n * n < SERIAL_WORK
+        n_blocks = 1 if self.serial else n_chunks(k)
         rows = -(-k // n_blocks)
         self.blocks = np.zeros((n_blocks, rows, n))
         self.blocks.reshape(-1, n)[:k] = q.T
@@ -180,8 +188,15 @@ class _DiagonalRunner:
         self.phase = np.zeros(1, dtype=np.int64)
 
     def run(self, t0, t1, incs, count):
-        qr_lyapunov_diag(self.w_hh_t, self.deriv, t0, t1, self.blocks, self.spare, self.gathered,
-                         self.qt, self.rdiag, self.m, self.phase, incs, count, self.qr_work)
+        threads = numba.get_num_threads()
+        if self.serial:
+            numba.set_num_threads(1)
+        try:
+            qr_lyapunov_diag(self.w_hh_t, self.deriv, t0, t1, self.blocks, self.spare,
+                             self.gathered, self.qt, self.rdiag, self.m, self.phase, incs, count,
+                             self.qr_work)
+        finally:
+            numba.set_num_threads(threads)
 
     def finish(self, incs, count):
         k, n = self.qt.shape
