@@ -31,7 +31,8 @@ def rel_err(ref, got):
     return float(np.abs(ref - got).max() / max(np.abs(ref).max(), 1e-30))
 
 
-def layer_case(cpu, gpu, dtype, act, depth, reverse, sizes, rng, device_resident=False):
+def layer_case(cpu, gpu, dtype, act, depth, reverse, sizes, rng, device_resident=False,
+               algorithm="block"):
     from numba import cuda
 
     T, B, I, H = sizes
@@ -57,16 +58,17 @@ def layer_case(cpu, gpu, dtype, act, depth, reverse, sizes, rng, device_resident
             dh_n=dh_n).items()}
         d_states = gpu.rnn_layer_forward(dev["x"], dev["w_ih"], dev["w_hh"], dev["bias"],
                                          dev["w_tr"], dev["b_tr"], dev["h0"], act, reverse,
-                                         to_host=False)
+                                         to_host=False, algorithm=algorithm)
         d_grads = gpu.rnn_layer_backward(dev["x"], dev["w_ih"], dev["w_hh"], dev["w_tr"],
                                          dev["h0"], d_states, dev["d_out"], dev["dh_n"], act,
-                                         reverse, to_host=False)
+                                         reverse, to_host=False, algorithm=algorithm)
         g_states = d_states.copy_to_host()
         g_grads = {k: v.copy_to_host() for k, v in d_grads.items()}
     else:
-        g_states = gpu.rnn_layer_forward(x, w_ih, w_hh, bias, w_tr, b_tr, h0, act, reverse)
+        g_states = gpu.rnn_layer_forward(x, w_ih, w_hh, bias, w_tr, b_tr, h0, act, reverse,
+                                         algorithm=algorithm)
         g_grads = gpu.rnn_layer_backward(x, w_ih, w_hh, w_tr, h0, g_states, d_out, dh_n, act,
-                                         reverse)
+                                         reverse, algorithm=algorithm)
     errs = {"states": rel_err(states, g_states)}
     for k, v in grads.items():
         errs[k] = rel_err(v, g_grads[k])
@@ -149,6 +151,26 @@ def main(argv=None):
                    time.perf_counter() - t0)
     finally:
         gpu.SHARED_MEMORY_BYTES, gpu.MAX_THREADS = saved
+
+    # the cooperative-grid kernels (one block in the simulator: multi-block grid sync is wrong
+    # there; on a GPU, H = 300 spans ten blocks), W_hh's columns in shared and in global memory
+    T, B, I, H = sizes
+    h_grid = 300 if args.gpu else H + 1
+    for dtype in (np.float64, np.float32):
+        for act, depth, reverse, shared in ((0, 1, False, True), (1, 0, True, False),
+                                            (2, 0, False, False), (3, 1, True, True)):
+            saved = gpu.SHARED_MEMORY_BYTES
+            if not shared:
+                gpu.SHARED_MEMORY_BYTES = 0
+            try:
+                t0 = time.perf_counter()
+                errs = layer_case(cpu, gpu, dtype, act, depth, reverse, (T, B, I, h_grid), rng,
+                                  device_resident=act == 3, algorithm="grid")
+            finally:
+                gpu.SHARED_MEMORY_BYTES = saved
+            report(f"{np.dtype(dtype).name} grid act={act} depth={depth} reverse={reverse} "
+                   f"W in {'shared' if shared else 'global'}", dtype, errs,
+                   time.perf_counter() - t0)
 
     if args.gpu:  # the shared-memory limit itself: largest H that fits, and one more
         for dtype in (np.float32, np.float64):

@@ -80,6 +80,10 @@ def _signatures():
             (vanilla.rnn_recurrence, (a2, a3, a2, a2, int64, boolean, a4, boolean)),
             (vanilla.rnn_recurrence_backward,
              (a2, a3, a4, a3, a2, int64, boolean, a4, a2, boolean)),
+            # grid-sync kernels compile to PTX here too (linking them needs a driver)
+            (vanilla.rnn_recurrence_grid, (a2, a3, a2, a2, int64, boolean, a4, int64, boolean)),
+            (vanilla.rnn_recurrence_backward_grid,
+             (a2, a3, a4, a3, a2, int64, boolean, a4, a2, int64, boolean)),
             (blas.matmul, (a2, a2, a2, boolean)),
             (blas.matmul_nt, (a2, a2, a2, boolean)),
             (blas.matmul_tn, (a2, a2, a2, boolean)),
@@ -135,6 +139,8 @@ def test_compiles_to_ptx(kernel, sig, device_free_compile):
         # persistent kernels: the time loop is inside; dynamic shared memory, block barriers
         assert "bar.sync" in ptx
         assert ".extern .shared" in ptx
+        if name.endswith("_grid"):  # one grid-wide barrier per step (cooperative groups)
+            assert "cudaCGSynchronize" in ptx
         if sig[0].dtype.bitwidth == 32:
             # float32 stays in float32 (no silent promotion to double)
             assert not any(".f64" in line for line in ptx.splitlines()

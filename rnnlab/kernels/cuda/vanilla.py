@@ -25,9 +25,12 @@ Design (see DESIGN.md, "CUDA habits"):
   the end only (and not at all when given device arrays and ``to_host=False``).
 - Deterministic: no atomics, every sum in a fixed order.
 
-Parallelism is one block per batch row, so a small batch leaves most of a large GPU idle; a
-cooperative-grid variant (blocks owning rows of ``W_hh``, ``cuda.cg.this_grid().sync()`` per
-step) for large ``H`` and small ``B`` is not part of this module yet.
+- **Cooperative grid at large H, small B.** One block per sequence leaves most of a large GPU
+  idle at B = 1. :func:`rnn_recurrence_grid` and :func:`rnn_recurrence_backward_grid` spread the
+  hidden units over the blocks of a cooperative grid (each block owns ``units`` rows of
+  ``W_hh``, their columns of ``W_hh^T`` in its shared memory when they fit) and synchronise the
+  grid once per step with ``cuda.cg.this_grid().sync()``. The wrappers pick the variant
+  (:func:`choose_algorithm`, ``algorithm="auto"``).
 
 Importing this module needs ``numba-cuda`` (not a GPU): the kernels compile lazily at their first
 launch. Set ``NUMBA_ENABLE_CUDASIM=1`` before importing :mod:`numba.cuda` to run them in Numba's
@@ -234,6 +237,149 @@ def rnn_recurrence_backward(w_hh, w_tr, states, d_out, dh_n, act, reverse, dz, d
         dh0[b, j] = smem[g_off + j]
 
 
+# --- cooperative-grid variants (large H, small B) ----------------------------------------------
+
+@cuda.jit
+def rnn_recurrence_grid(w_hh_t, w_tr_t, b_tr, h0, act, reverse, states, units, w_in_shared):
+    """:func:`rnn_recurrence` on a cooperative grid: every block owns ``units`` hidden units
+    (rows of ``W_hh``) of every sequence, and the grid synchronises once per step
+    (``cuda.cg.this_grid().sync()``, ``D + 1`` times with ``D`` transition layers).
+
+    For large ``H`` and a small batch, where one block per sequence would leave most of the GPU
+    idle. One launch runs all steps; the states array itself carries ``a<t-1>`` between blocks.
+
+    Parameters
+    ----------
+    w_hh_t, w_tr_t, b_tr, h0, act, reverse, states
+        As :func:`rnn_recurrence`.
+    units : int
+        Hidden units per block: block ``g`` owns units ``[g*units, (g+1)*units)``. Thread
+        ``tid`` computes unit ``tid % units`` for the sequences ``tid // units``,
+        ``tid // units + lanes``, ... with ``lanes = blockDim // units``.
+    w_in_shared : bool
+        Copy the block's columns of ``W_hh^T`` (``H * units`` elements) into dynamic shared
+        memory.
+
+    Notes
+    -----
+    Launch with ``ceil(H / units)`` blocks of at least ``units`` threads, all co-resident
+    (numba-cuda launches a kernel that uses grid sync cooperatively). In Numba's simulator
+    grid sync is only right with a single block (``units = H``).
+    """
+    depth = w_tr_t.shape[0]
+    n_steps = states.shape[1]
+    batch = states.shape[2]
+    hidden = states.shape[3]
+    grid = cuda.cg.this_grid()
+    tid = cuda.threadIdx.x
+    u = tid % units
+    lane = tid // units
+    lanes = cuda.blockDim.x // units
+    i = cuda.blockIdx.x * units + u
+    active = lane < lanes and i < hidden
+    smem = cuda.shared.array(0, dtype=states.dtype)
+    if w_in_shared:
+        i0 = cuda.blockIdx.x * units
+        for e in range(tid, hidden * units, cuda.blockDim.x):
+            if i0 + e % units < hidden:
+                smem[e] = w_hh_t[e // units, i0 + e % units]
+        cuda.syncthreads()
+    for s in range(n_steps):
+        t = n_steps - 1 - s if reverse else s
+        tp = t + 1 if reverse else t - 1
+        if active:
+            for b in range(lane, batch, lanes):
+                z = states[0, t, b, i]
+                for j in range(hidden):
+                    h = h0[b, j] if s == 0 else states[depth, tp, b, j]
+                    if w_in_shared:
+                        z += h * smem[j * units + u]
+                    else:
+                        z += h * w_hh_t[j, i]
+                states[0, t, b, i] = activate(act, z)
+        grid.sync()  # a<t> (or u_0<t>) complete in every block
+        for k in range(1, depth + 1):
+            if active:
+                for b in range(lane, batch, lanes):
+                    z = b_tr[k - 1, i]
+                    for j in range(hidden):
+                        z += states[k - 1, t, b, j] * w_tr_t[k - 1, j, i]
+                    states[k, t, b, i] = activate(act, z)
+            grid.sync()
+
+
+@cuda.jit
+def rnn_recurrence_backward_grid(w_hh, w_tr, states, d_out, dh_n, act, reverse, dz, carry,
+                                 units, w_in_shared):
+    """:func:`rnn_recurrence_backward` on a cooperative grid (see :func:`rnn_recurrence_grid`):
+    block ``g`` owns units ``[g*units, (g+1)*units)``, one grid sync per step and layer.
+
+    Parameters
+    ----------
+    w_hh, w_tr, states, d_out, dh_n, act, reverse, dz
+        As :func:`rnn_recurrence_backward`.
+    carry : device array, shape (B, H)
+        Output: ``dL/da<t-1>`` through the recurrence, ending as the gradient with respect to
+        the initial state (``dh0``). Entry ``(b, i)`` is only ever touched by the thread that
+        owns unit ``i`` of sequence ``b``, so it needs no barrier.
+    units, w_in_shared
+        As :func:`rnn_recurrence_grid`; the shared copy holds the block's columns of ``W_hh``.
+    """
+    depth = w_tr.shape[0]
+    n_steps = states.shape[1]
+    batch = states.shape[2]
+    hidden = states.shape[3]
+    grid = cuda.cg.this_grid()
+    tid = cuda.threadIdx.x
+    u = tid % units
+    lane = tid // units
+    lanes = cuda.blockDim.x // units
+    j = cuda.blockIdx.x * units + u
+    active = lane < lanes and j < hidden
+    smem = cuda.shared.array(0, dtype=states.dtype)
+    if w_in_shared:
+        j0 = cuda.blockIdx.x * units
+        for e in range(tid, hidden * units, cuda.blockDim.x):
+            if j0 + e % units < hidden:
+                smem[e] = w_hh[e // units, j0 + e % units]
+        cuda.syncthreads()
+    if active:
+        for b in range(lane, batch, lanes):
+            carry[b, j] = dh_n[b, j]
+    zero = states.dtype.type(0)
+    for s in range(n_steps - 1, -1, -1):
+        t = n_steps - 1 - s if reverse else s
+        # carry[b, j] becomes the total dL/du_k<t> of the owned unit, going down the layers
+        if active:
+            for b in range(lane, batch, lanes):
+                carry[b, j] = d_out[t, b, j] + carry[b, j]
+        for k in range(depth, 0, -1):
+            if active:
+                for b in range(lane, batch, lanes):
+                    dz[k, t, b, j] = carry[b, j] * derivative_from_output(act, states[k, t, b, j])
+            grid.sync()
+            if active:
+                for b in range(lane, batch, lanes):
+                    acc = zero
+                    for i in range(hidden):
+                        acc += dz[k, t, b, i] * w_tr[k - 1, i, j]
+                    carry[b, j] = acc
+        if active:
+            for b in range(lane, batch, lanes):
+                dz[0, t, b, j] = carry[b, j] * derivative_from_output(act, states[0, t, b, j])
+        grid.sync()  # dz<t> complete in every block
+        if active:
+            for b in range(lane, batch, lanes):
+                acc = zero
+                for i in range(hidden):
+                    if w_in_shared:
+                        acc += dz[0, t, b, i] * smem[i * units + u]
+                    else:
+                        acc += dz[0, t, b, i] * w_hh[i, j]
+                carry[b, j] = acc
+        # the next step's reads of dz are at another t: no second sync needed
+
+
 # --- launch configuration -----------------------------------------------------------------------
 
 def weights_fit_in_shared(hidden, dtype):
@@ -253,6 +399,61 @@ def launch_config(hidden, dtype, n_vectors):
     return threads, n_elem * np.dtype(dtype).itemsize, shared
 
 
+#: Hidden units per block of the cooperative-grid kernels (one warp's worth).
+GRID_UNITS = 32
+
+#: Sequences a grid block works on at once (threads per block = GRID_UNITS * GRID_LANES).
+GRID_LANES = 8
+
+ALGORITHMS = ("auto", "block", "grid")
+
+
+def choose_algorithm(algorithm, hidden, batch, dtype):
+    """``"block"`` (one block per sequence) or ``"grid"`` (cooperative grid) for a layer.
+
+    ``"auto"`` takes the grid when ``W_hh`` does not fit in a block's shared memory and the grid
+    has more blocks than the batch has sequences (``ceil(H / GRID_UNITS) > B``): large H, small
+    B. A first rule, to be tuned on a device.
+    """
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    if algorithm != "auto":
+        return algorithm
+    if not weights_fit_in_shared(hidden, dtype) and math.ceil(hidden / GRID_UNITS) > batch:
+        return "grid"
+    return "block"
+
+
+def grid_config(hidden, batch, dtype):
+    """``(blocks, threads, units, shared bytes, w_in_shared)`` for a cooperative-grid kernel.
+
+    In Numba's CUDA simulator (where grid sync is only right within one block) a single block
+    owns every unit. On a device, the units per block double until there are no more blocks
+    than multiprocessors (one block per SM is always co-resident, which a cooperative launch
+    needs).
+    """
+    itemsize = np.dtype(dtype).itemsize
+    if _simulator():
+        units = hidden
+        threads = hidden * max(1, min(batch, MAX_THREADS // max(hidden, 1), GRID_LANES))
+    else:
+        n_sm = cuda.get_current_device().MULTIPROCESSOR_COUNT
+        units = GRID_UNITS
+        while math.ceil(hidden / units) > n_sm:
+            units *= 2
+        lanes = max(1, min(batch, GRID_LANES, MAX_THREADS // units))
+        threads = units * lanes
+    blocks = math.ceil(hidden / units)
+    in_shared = hidden * units * itemsize <= SHARED_MEMORY_BYTES
+    return blocks, threads, units, (hidden * units * itemsize if in_shared else 0), in_shared
+
+
+def _simulator():
+    from numba.core import config
+
+    return bool(getattr(config, "ENABLE_CUDASIM", False))
+
+
 def _dtype_of(x):
     if blas.is_device_array(x) and not getattr(x, "__cuda_ndarray__", False):
         x = cuda.as_cuda_array(x)  # CuPy / PyTorch: read the dtype through the CAI
@@ -270,7 +471,8 @@ def _result(arrays, to_host):
 
 # --- host wrappers ------------------------------------------------------------------------------
 
-def rnn_layer_forward(x, w_ih, w_hh, bias, w_tr, b_tr, h0, act, reverse=False, to_host=True):
+def rnn_layer_forward(x, w_ih, w_hh, bias, w_tr, b_tr, h0, act, reverse=False, to_host=True,
+                      algorithm="auto"):
     """Forward pass of one vanilla layer in one direction, on the GPU.
 
     Same arguments and result as :func:`rnnlab.kernels.cpu.vanilla.rnn_layer_forward`; every
@@ -300,6 +502,9 @@ def rnn_layer_forward(x, w_ih, w_hh, bias, w_tr, b_tr, h0, act, reverse=False, t
     to_host : bool, optional
         Return a NumPy array (default) or leave the result on the device, e.g. to pass it to
         :func:`rnn_layer_backward` without a round trip.
+    algorithm : {"auto", "block", "grid"}, optional
+        One block per sequence (:func:`rnn_recurrence`) or a cooperative grid over the hidden
+        units (:func:`rnn_recurrence_grid`); see :func:`choose_algorithm`.
 
     Returns
     -------
@@ -310,6 +515,7 @@ def rnn_layer_forward(x, w_ih, w_hh, bias, w_tr, b_tr, h0, act, reverse=False, t
     n_steps, batch, n_in = x.shape
     hidden = w_hh.shape[0]
     depth = w_tr.shape[0]
+    algorithm = choose_algorithm(algorithm, hidden, batch, dtype)
     d_x = blas.to_device(x, dtype)
     d_w_ih = blas.to_device(w_ih, dtype)
     d_w_hh = blas.to_device(w_hh, dtype)
@@ -328,14 +534,19 @@ def rnn_layer_forward(x, w_ih, w_hh, bias, w_tr, b_tr, h0, act, reverse=False, t
     w_tr_t = cuda.device_array((depth, hidden, hidden), dtype=dtype)
     for k in range(depth):
         blas.transpose[blas.launch_1d(hidden * hidden)](d_w_tr[k], w_tr_t[k])
-    threads, shared_bytes, in_shared = launch_config(hidden, dtype, 2)
-    rnn_recurrence[batch, threads, 0, shared_bytes](w_hh_t, w_tr_t, d_b_tr, d_h0, act,
-                                                   bool(reverse), states, in_shared)
+    if algorithm == "grid":
+        blocks, threads, units, shared_bytes, in_shared = grid_config(hidden, batch, dtype)
+        rnn_recurrence_grid[blocks, threads, 0, shared_bytes](
+            w_hh_t, w_tr_t, d_b_tr, d_h0, act, bool(reverse), states, units, in_shared)
+    else:
+        threads, shared_bytes, in_shared = launch_config(hidden, dtype, 2)
+        rnn_recurrence[batch, threads, 0, shared_bytes](w_hh_t, w_tr_t, d_b_tr, d_h0, act,
+                                                       bool(reverse), states, in_shared)
     return states.copy_to_host() if to_host else states
 
 
 def rnn_layer_backward(x, w_ih, w_hh, w_tr, h0, states, d_out, dh_n, act, reverse=False,
-                       to_host=True):
+                       to_host=True, algorithm="auto"):
     """Backward pass (BPTT) of one vanilla layer in one direction, on the GPU.
 
     Same arguments and result as :func:`rnnlab.kernels.cpu.vanilla.rnn_layer_backward`; arrays
@@ -353,6 +564,8 @@ def rnn_layer_backward(x, w_ih, w_hh, w_tr, h0, states, d_out, dh_n, act, revers
         Gradient with respect to the final hidden state.
     to_host : bool, optional
         Return NumPy arrays (default) or device arrays.
+    algorithm : {"auto", "block", "grid"}, optional
+        As :func:`rnn_layer_forward` (:func:`rnn_recurrence_backward_grid` for ``"grid"``).
 
     Returns
     -------
@@ -368,6 +581,7 @@ def rnn_layer_backward(x, w_ih, w_hh, w_tr, h0, states, d_out, dh_n, act, revers
     rows = n_steps * batch
     if rows == 0 or hidden == 0:
         raise ValueError("rnn_layer_backward needs T, B and H >= 1")
+    algorithm = choose_algorithm(algorithm, hidden, batch, dtype)
     d_x = blas.to_device(x, dtype)
     d_w_ih = blas.to_device(w_ih, dtype)
     d_w_hh = blas.to_device(w_hh, dtype)
@@ -388,9 +602,15 @@ def rnn_layer_backward(x, w_ih, w_hh, w_tr, h0, states, d_out, dh_n, act, revers
     out = {"input": d_input, "h0": dh0, "weight_ih": d_w_ih_out, "weight_hh": d_w_hh_out,
            "bias": d_bias, "weight_tr": d_w_tr_out, "bias_tr": d_b_tr, "dz": dz}
 
-    threads, shared_bytes, in_shared = launch_config(hidden, dtype, 3)
-    rnn_recurrence_backward[batch, threads, 0, shared_bytes](
-        d_w_hh, d_w_tr, d_states, d_d_out, d_dh_n, act, bool(reverse), dz, dh0, in_shared)
+    if algorithm == "grid":
+        blocks, threads, units, shared_bytes, in_shared = grid_config(hidden, batch, dtype)
+        rnn_recurrence_backward_grid[blocks, threads, 0, shared_bytes](
+            d_w_hh, d_w_tr, d_states, d_d_out, d_dh_n, act, bool(reverse), dz, dh0, units,
+            in_shared)
+    else:
+        threads, shared_bytes, in_shared = launch_config(hidden, dtype, 3)
+        rnn_recurrence_backward[batch, threads, 0, shared_bytes](
+            d_w_hh, d_w_tr, d_states, d_d_out, d_dh_n, act, bool(reverse), dz, dh0, in_shared)
 
     dz0 = dz[0].reshape(rows, hidden)
     # a<t-1> for every row: h0 at the first step of the direction, the layer's states elsewhere
