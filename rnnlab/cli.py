@@ -31,6 +31,10 @@ def _sweep_options(parser):
                         help="progress bar (default: on a terminal)")
     parser.add_argument("--experiments", default=None, metavar="DIR",
                         help="the experiments folder (default: ./experiments)")
+    parser.add_argument("--backend", default=None, choices=["cpu", "cuda"],
+                        help="where the models' kernels run (default: $RNNLAB_BACKEND or cpu; "
+                             "workers started here inherit it, a --scheduler's workers need "
+                             "RNNLAB_BACKEND in their own environment)")
 
 
 def _parser():
@@ -69,6 +73,16 @@ def _parser():
 
 
 def _check_sweep_args(parser, args):
+    if args.backend is not None:
+        import os
+
+        from ._backend import ENV_VAR, BackendUnavailableError, resolve_backend
+
+        try:
+            resolve_backend(args.backend, "--backend")
+        except BackendUnavailableError as exc:
+            parser.error(str(exc))
+        os.environ[ENV_VAR] = args.backend  # read by this process and the workers it spawns
     if args.workers is not None and args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     if args.jobs is not None and args.jobs < 1:

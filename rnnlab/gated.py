@@ -4,8 +4,6 @@ They share :class:`rnnlab.layers.RecurrentLayer` with the vanilla RNN (layouts, 
 directions, state_dict); only the cell's parameters and kernels differ.
 """
 
-from .kernels.cpu.gru import gru_layer_backward, gru_layer_forward
-from .kernels.cpu.lstm import lstm_layer_backward, lstm_layer_forward
 from .layers import RecurrentLayer, _suffix
 
 
@@ -44,6 +42,8 @@ class LSTM(RecurrentLayer):
         Precision of parameters, inputs and kernels.
     seed : int, optional
         Seed of the U(-1/sqrt(H), 1/sqrt(H)) initialisation.
+    backend : {None, "cpu", "cuda"}, optional
+        Where the kernels run (see :class:`rnnlab.RNN`).
 
     Notes
     -----
@@ -197,16 +197,17 @@ class LSTM(RecurrentLayer):
     def _layer_forward(self, layer, direction, layer_in, init, alloc):
         sfx, p = _suffix(layer, direction), self._params
         bias = p[f"bias_ih{sfx}"] + p[f"bias_hh{sfx}"] if self.bias else None
-        return lstm_layer_forward(layer_in, p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], bias,
-                                  init[0], init[1], reverse=bool(direction), alloc=alloc)
+        return self._kernels("lstm").lstm_layer_forward(
+            layer_in, p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], bias, init[0], init[1],
+            reverse=bool(direction), **self._kernel_kwargs(alloc))
 
     def _layer_backward(self, layer, direction, layer_in, states, init, d_out, d_final, grads,
                         return_hidden_grads, alloc):
         sfx, p = _suffix(layer, direction), self._params
-        g = lstm_layer_backward(layer_in, p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], init[0],
-                                init[1], states, d_out, d_final[0], d_final[1],
-                                reverse=bool(direction), hidden_grads=return_hidden_grads,
-                                alloc=alloc)
+        g = self._kernels("lstm").lstm_layer_backward(
+            layer_in, p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], init[0], init[1], states, d_out,
+            d_final[0], d_final[1], reverse=bool(direction), hidden_grads=return_hidden_grads,
+            **self._kernel_kwargs(alloc))
         grads[f"weight_ih{sfx}"] = g["weight_ih"]
         grads[f"weight_hh{sfx}"] = g["weight_hh"]
         if self.bias:
@@ -228,7 +229,7 @@ class GRU(RecurrentLayer):
 
     Parameters
     ----------
-    input_size, hidden_size, num_layers, bias, batch_first, bidirectional, dtype, seed
+    input_size, hidden_size, num_layers, bias, batch_first, bidirectional, dtype, seed, backend
         As for :class:`LSTM`.
 
     Notes
@@ -258,15 +259,17 @@ class GRU(RecurrentLayer):
         sfx, p = _suffix(layer, direction), self._params
         b_ih = p[f"bias_ih{sfx}"] if self.bias else None
         b_hh = p[f"bias_hh{sfx}"] if self.bias else None
-        return gru_layer_forward(layer_in, p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], b_ih,
-                                 b_hh, init[0], reverse=bool(direction), alloc=alloc)
+        return self._kernels("gru").gru_layer_forward(
+            layer_in, p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], b_ih, b_hh, init[0],
+            reverse=bool(direction), **self._kernel_kwargs(alloc))
 
     def _layer_backward(self, layer, direction, layer_in, states, init, d_out, d_final, grads,
                         return_hidden_grads, alloc):
         sfx, p = _suffix(layer, direction), self._params
-        g = gru_layer_backward(layer_in, p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], init[0],
-                               states, d_out, d_final[0], reverse=bool(direction),
-                               hidden_grads=return_hidden_grads, alloc=alloc)
+        g = self._kernels("gru").gru_layer_backward(
+            layer_in, p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], init[0], states, d_out,
+            d_final[0], reverse=bool(direction), hidden_grads=return_hidden_grads,
+            **self._kernel_kwargs(alloc))
         grads[f"weight_ih{sfx}"] = g["weight_ih"]
         grads[f"weight_hh{sfx}"] = g["weight_hh"]
         if self.bias:

@@ -9,13 +9,15 @@ This module holds what every cell shares (:class:`RecurrentLayer`: layouts, stac
 state_dict, validation) and the vanilla :class:`RNN`; the gated cells are in :mod:`rnnlab.gated`.
 """
 
+import importlib
+
 import numpy as np
 
 from . import _validation as v
+from ._backend import resolve_backend
 from ._blas import blas_threads_for
 from .activations import activation_code
 from .kernels.cpu.lstm import ScratchBuffers
-from .kernels.cpu.vanilla import rnn_layer_backward, rnn_layer_forward
 
 
 def _suffix(layer, direction):
@@ -33,7 +35,7 @@ class RecurrentLayer:
     gate_count = 1
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 bidirectional=False, dtype=np.float32, seed=None):
+                 bidirectional=False, dtype=np.float32, seed=None, backend=None):
         self.input_size = v.check_positive_int(input_size, "input_size")
         self.hidden_size = v.check_positive_int(hidden_size, "hidden_size")
         self.num_layers = v.check_positive_int(num_layers, "num_layers")
@@ -46,9 +48,36 @@ class RecurrentLayer:
         self.bidirectional = bool(bidirectional)
         self.num_directions = 2 if self.bidirectional else 1
         self.dtype = v.check_dtype(dtype)
+        self.backend = resolve_backend(backend)
         self.seed = seed
         self._params = {}
         self.reset_parameters(seed)
+
+    # ----------------------------------------------------------------------------- backend
+    def to(self, backend):
+        """Run on another backend from now on (parameters stay host NumPy arrays).
+
+        Parameters
+        ----------
+        backend : {"cpu", "cuda"}
+            ``"cuda"`` raises :class:`rnnlab.BackendUnavailableError` where no GPU (or Numba's
+            CUDA simulator) can run the kernels.
+
+        Returns
+        -------
+        self
+        """
+        self.backend = resolve_backend(backend)
+        return self
+
+    def _kernels(self, cell):
+        """The kernel module of ``cell`` (``"vanilla"``, ``"lstm"``, ``"gru"``) for the
+        model's backend; the CUDA modules are imported only when used."""
+        return importlib.import_module(f"rnnlab.kernels.{self.backend}.{cell}")
+
+    def _kernel_kwargs(self, alloc):
+        # the CPU kernels take a scratch allocator; the CUDA ones keep their work on the device
+        return {"alloc": alloc} if self.backend == "cpu" else {}
 
     # ----------------------------------------------------------------------------- parameters
     def _cell_param_shapes(self, layer, direction):
@@ -472,9 +501,10 @@ class RecurrentLayer:
         return output[0], state
 
     def __repr__(self):
+        on = "" if self.backend == "cpu" else f", backend={self.backend!r}"
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
                 f"num_layers={self.num_layers}, bidirectional={self.bidirectional}, "
-                f"dtype=np.{self.dtype.name})")
+                f"dtype=np.{self.dtype.name}{on})")
 
 
 class RNN(RecurrentLayer):
@@ -506,6 +536,11 @@ class RNN(RecurrentLayer):
         ``u_k = g(W_tr_k u_{k-1} + b_tr_k)``, each of width H, the last one being ``a<t>``.
         Parameters ``weight_tr{k}_l{l}`` and ``bias_tr{k}_l{l}`` (k = 1, 2, ...); not a
         PyTorch feature.
+    backend : {None, "cpu", "cuda"}, optional
+        Where the kernels run: Numba on the CPU, or the persistent CUDA kernels of
+        :mod:`rnnlab.kernels.cuda` (same numbers: float64 to 1e-10, float32 to 1e-5). ``None``
+        reads ``$RNNLAB_BACKEND`` (default ``"cpu"``); ``"cuda"`` without a GPU raises
+        :class:`rnnlab.BackendUnavailableError` here, before anything runs.
 
     Examples
     --------
@@ -519,13 +554,13 @@ class RNN(RecurrentLayer):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, bidirectional=False, dtype=np.float32, seed=None,
-                 transition_layers=0):
+                 transition_layers=0, backend=None):
         self.nonlinearity = nonlinearity
         self._act = activation_code(nonlinearity)
         self.transition_layers = v.check_positive_int(transition_layers, "transition_layers",
                                                       minimum=0)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
-                         dtype, seed)
+                         dtype, seed, backend)
 
     def _cell_param_shapes(self, layer, direction):
         H, sfx = self.hidden_size, _suffix(layer, direction)
@@ -555,8 +590,9 @@ class RNN(RecurrentLayer):
         sfx, p = _suffix(layer, direction), self._params
         bias = p[f"bias_ih{sfx}"] + p[f"bias_hh{sfx}"] if self.bias else None
         w_tr, b_tr = self._transition(sfx)
-        return rnn_layer_forward(layer_in, p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], bias,
-                                 w_tr, b_tr, init[0], self._act, reverse=bool(direction))
+        return self._kernels("vanilla").rnn_layer_forward(
+            layer_in, p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], bias, w_tr, b_tr, init[0],
+            self._act, reverse=bool(direction))
 
     def _layer_backward(self, layer, direction, layer_in, states, init, d_out, d_final, grads,
                         return_hidden_grads, alloc):
@@ -564,8 +600,9 @@ class RNN(RecurrentLayer):
         sfx, p = _suffix(layer, direction), self._params
         w_tr, _ = self._transition(sfx)
         w_hh = p[f"weight_hh{sfx}"]
-        g = rnn_layer_backward(layer_in, p[f"weight_ih{sfx}"], w_hh, w_tr, h0, states, d_out,
-                               d_hn, self._act, reverse=bool(direction))
+        g = self._kernels("vanilla").rnn_layer_backward(
+            layer_in, p[f"weight_ih{sfx}"], w_hh, w_tr, h0, states, d_out, d_hn, self._act,
+            reverse=bool(direction))
         grads[f"weight_ih{sfx}"] = g["weight_ih"]
         grads[f"weight_hh{sfx}"] = g["weight_hh"]
         if self.bias:

@@ -1,4 +1,9 @@
-"""Shared test helpers: central finite differences in float64."""
+"""Shared test helpers: central finite differences in float64.
+
+The whole suite runs on the CUDA kernels with ``RNNLAB_BACKEND=cuda`` (every model built without
+an explicit ``backend`` then uses them): on a GPU, or in Numba's simulator with
+``NUMBA_ENABLE_CUDASIM=1`` (slow: tiny sizes only). The header of the run names the backend.
+"""
 
 import numpy as np
 import pytest
@@ -27,6 +32,12 @@ def relative_error(numeric, analytic, floor=1e-4):
     absolute error of ``floor * tol`` instead."""
     scale = max(np.abs(numeric).max(), floor)
     return np.abs(np.asarray(analytic) - numeric).max() / scale
+
+
+def pytest_report_header(config):
+    from rnnlab import default_backend
+
+    return f"rnnlab backend: {default_backend()}"
 
 
 @pytest.fixture

@@ -424,10 +424,10 @@ def no_kernels(monkeypatch):
     """Fail if a kernel runs: errors must be raised before any work starts."""
     def boom(*args, **kwargs):
         raise AssertionError("a kernel ran before the arguments were checked")
-    import rnnlab.gated as gated
-    for name in ("lstm_layer_forward", "lstm_layer_backward", "gru_layer_forward",
-                 "gru_layer_backward"):
-        monkeypatch.setattr(gated, name, boom)
+    from rnnlab.kernels.cpu import gru, lstm
+    for module, cell in ((lstm, "lstm"), (gru, "gru")):
+        for name in (f"{cell}_layer_forward", f"{cell}_layer_backward"):
+            monkeypatch.setattr(module, name, boom)
 
 
 @pytest.mark.parametrize("hx,error,match", [

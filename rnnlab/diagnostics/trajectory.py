@@ -11,6 +11,7 @@ direction), in processing order and in float64. The analyses (:mod:`.lyapunov`,
 import numpy as np
 
 from .. import _validation as v
+from .._backend import resolve_backend
 from ..kernels.cpu import jacobian as vanilla_jac
 from ..layers import RNN, RecurrentLayer
 
@@ -146,18 +147,21 @@ class VanillaTrajectory(Trajectory):
         return out.reshape(self.n, -1)
 
 
-def _float64_model(model):
-    """The model itself if float64, else a float64 copy (diagnostics run in float64)."""
-    if model.dtype == np.float64:
+def _float64_model(model, backend=None):
+    """The model itself if float64 (on ``backend``, default its own), else a float64 copy
+    (diagnostics run in float64)."""
+    backend = model.backend if backend is None else resolve_backend(backend)
+    if model.dtype == np.float64 and backend == model.backend:
         return model
     clone = object.__new__(type(model))
     clone.__dict__.update(model.__dict__)
     clone.dtype = np.dtype(np.float64)
+    clone.backend = backend
     clone._params = {k: a.astype(np.float64) for k, a in model.parameters().items()}
     return clone
 
 
-def trajectories(model, x, h0=None, joint=None):
+def trajectories(model, x, h0=None, joint=None, backend=None):
     """Run ``model`` over ``x`` in float64 and return its trajectories.
 
     Parameters
@@ -173,6 +177,9 @@ def trajectories(model, x, h0=None, joint=None):
         One trajectory per sequence for the whole stack (joint state of all layers; the
         default for unidirectional networks), or one per layer (the default, and the only
         choice, for bidirectional ones).
+    backend : {None, "cpu", "cuda"}, optional
+        Where the float64 forward pass runs (default: the model's own backend). The
+        trajectories themselves are host arrays.
 
     Returns
     -------
@@ -186,7 +193,7 @@ def trajectories(model, x, h0=None, joint=None):
     if joint and model.bidirectional and model.num_layers > 1:
         raise ValueError("joint=True needs a unidirectional network: the layers of a "
                          "bidirectional stack do not form a causal recurrence")
-    m64 = _float64_model(model)
+    m64 = _float64_model(model, backend)
     x64 = np.asarray(v.to_numpy(x, "x"), dtype=np.float64)
     if h0 is not None:
         h0 = (tuple(np.asarray(v.to_numpy(s, "h0"), dtype=np.float64) for s in h0)

@@ -47,5 +47,21 @@ def worker_provenance():
     import numba
     import numpy
 
+    from .._backend import default_backend
+
     return {"numba_version": numba.__version__, "numpy_version": numpy.__version__,
-            "device": f"cpu: {cpu_model()}", "host": platform.node()}
+            "device": device_name(default_backend()), "host": platform.node()}
+
+
+def device_name(backend):
+    """``"cpu: <model>"``, or ``"cuda: <GPU name>"`` (``"cuda: simulator"`` in Numba's CUDA
+    simulator) for the backend that computes by default in this process."""
+    if backend != "cuda":
+        return f"cpu: {cpu_model()}"
+    from numba import cuda
+    from numba.core import config
+
+    if getattr(config, "ENABLE_CUDASIM", False):
+        return "cuda: simulator"
+    name = cuda.get_current_device().name
+    return "cuda: " + (name.decode() if isinstance(name, bytes) else str(name))
