@@ -16,13 +16,15 @@ from .. import _validation as v
 from ..gated import GRU, LSTM
 from ..layers import RNN, RecurrentLayer
 from .gradient_decay import GradientDecay, gradient_decay
-from .lyapunov import LyapunovResult, lyapunov_spectrum
+from .lyapunov import (LyapunovEnsembleResult, LyapunovResult, lyapunov_ensemble,
+                       lyapunov_spectrum)
 from .pascanu import pascanu_conditions
 from .spectra import default_spans, jacobian_product_spectra
 from .trajectory import JacobianSequence, Trajectory, trajectories
 
-__all__ = ["GradientDecay", "JacobianSequence", "LyapunovResult", "Trajectory", "diagnose",
-           "default_spans", "gradient_decay", "jacobian_product_spectra", "lyapunov_spectrum",
+__all__ = ["GradientDecay", "JacobianSequence", "LyapunovEnsembleResult", "LyapunovResult",
+           "Trajectory", "diagnose", "default_spans", "gradient_decay", "jacobian_product_spectra",
+           "lyapunov_ensemble", "lyapunov_spectrum",
            "model_from_state_dict", "pascanu_conditions", "step_jacobians", "trajectories"]
 
 DIAGNOSTICS = ("lyapunov", "gradient_decay", "spectra", "pascanu")

@@ -13,7 +13,9 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .qr import householder_qr_rows_ws
+from ..._blas import blas_threads_for
+from ...activations import activate, derivative_from_output
+from .qr import householder_qr_rows_ws, qr_workspace_size
 
 
 @njit(cache=True)
@@ -206,3 +208,142 @@ def qr_lyapunov_diag(w_hh_t, deriv, t0, t1, blocks, spare, gathered, qt, rdiag, 
                 incs[row, i] = math.log(abs(rdiag[i]))
             n_incs[0] = row + 1
             phase[0] = 0
+
+
+# ----------------------------------------------------------------------------- ensembles
+# Many vanilla networks at once (a sweep over gains or seeds): each network runs its own
+# trajectory, computed on the fly, with its own frame. Networks are independent, so the parallel
+# loop runs over them *outside* the time loop (one parallel region for the whole run).
+
+
+@njit(cache=True, parallel=True)
+def lyapunov_ensemble(w_hh_t, drive, h0, act, q0t, m, warmup, n_steps, sums, status):
+    """Lyapunov spectra of ``E`` vanilla networks along their own trajectories (Benettin QR).
+
+    Network ``e`` runs ``a<t> = g(W_e a<t-1> + drive<t>)`` from ``a<-1> = h0[e]``; its frame of
+    ``k`` tangent vectors (rows, as in :func:`qr_lyapunov_diag`) evolves as
+    ``B <- (B W_e^T) diag(g'(a<t>))`` and is re-orthonormalised by a QR every ``m`` steps, at
+    step ``warmup - 1`` and at the last step; the ``log|R_ii|`` of the QRs after the warm-up are
+    summed. This is exactly :func:`rnnlab.diagnostics.lyapunov_spectrum` on each network's
+    trajectory (the state update even sums in the order of
+    :func:`rnnlab.kernels.cpu.vanilla.rnn_recurrence`, so the trajectories are bitwise those
+    of ``rnnlab.RNN``).
+
+    Parameters
+    ----------
+    w_hh_t : ndarray, shape (E, n, n), float64, C-contiguous
+        ``W_e^T`` for every network (transposed: the inner loops run over contiguous rows).
+    drive : ndarray, shape (Td, Ed, n), float64
+        ``W_ih x<t> + b``; ``Td`` is ``n_steps`` or 1 (the same drive at every step) and ``Ed``
+        is ``E`` or 1 (the same drive for every network).
+    h0 : ndarray, shape (E, n)
+        Initial states.
+    act : int
+        Activation code (:mod:`rnnlab.activations`).
+    q0t : ndarray, shape (k, n)
+        Initial frame (row i = tangent vector i, orthonormal), the same for every network.
+    m : int
+        Re-orthonormalisation interval (steps), >= 1.
+    warmup : int
+        Steps whose QRs are not summed, ``0 <= warmup < n_steps``.
+    n_steps : int
+        Steps T.
+    sums : ndarray, shape (E, k), float64
+        Output (accumulated into: pass zeros): ``sum log|R_ii|`` over the measured QRs, summed
+        in step order; the exponents are ``sums / (n_steps - warmup)``.
+    status : ndarray of int64, shape (E,)
+        In/out: pass -1; set to the first step at which network ``e``'s state was not finite.
+
+    Notes
+    -----
+    Memory is bounded by the frames (``2 k n`` floats per network and thread): no per-step
+    record is kept. Call with BLAS limited to one thread (the products are small and the
+    networks already run in parallel); see :func:`lyapunov_ensemble_sums`.
+    """
+    n_net, n = w_hh_t.shape[0], w_hh_t.shape[1]
+    k = q0t.shape[0]
+    # 1 where the drive varies along the axis, 0 where it is broadcast (integer multipliers
+    # keep the index arithmetic integer inside the parallel loop)
+    step_stride = 1 if drive.shape[0] > 1 else 0
+    net_stride = 1 if drive.shape[1] > 1 else 0
+    for e in prange(n_net):
+        w_t = w_hh_t[e]
+        frame = q0t.copy()
+        work = np.empty((k, n))
+        rdiag = np.empty(k)
+        qr_work = np.empty(qr_workspace_size(k, n))
+        a = h0[e].copy()
+        z = np.empty(n)
+        d = np.empty(n)
+        phase = 0
+        for t in range(n_steps):
+            src = drive[t * step_stride, e * net_stride]
+            for i in range(n):
+                z[i] = src[i]
+            # the order of rnn_recurrence: j outer, a contiguous axpy over i
+            for j in range(n):
+                a_j = a[j]
+                w_row = w_t[j]
+                for i in range(n):
+                    z[i] += a_j * w_row[i]
+            for i in range(n):
+                a[i] = activate(act, z[i])
+                d[i] = derivative_from_output(act, a[i])
+            if status[e] < 0:
+                for i in range(n):
+                    if not np.isfinite(a[i]):
+                        status[e] = t
+                        break
+            # (J_t Q)^T = Q^T W^T diag(g'): the frame's rows are the tangent vectors
+            np.dot(frame, w_t, work)
+            for r in range(k):
+                for j in range(n):
+                    work[r, j] *= d[j]
+            phase += 1
+            if phase == m or t == warmup - 1 or t == n_steps - 1:
+                householder_qr_rows_ws(work, frame, rdiag, qr_work)
+                if t >= warmup:
+                    for i in range(k):
+                        sums[e, i] += math.log(abs(rdiag[i]))
+                phase = 0
+            else:
+                frame, work = work, frame
+
+
+def lyapunov_ensemble_sums(w_hh, drive, h0, act, q0t, m, warmup, n_steps):
+    """Run :func:`lyapunov_ensemble` on host arrays (the CPU twin of
+    :func:`rnnlab.kernels.cuda.lyapunov.lyapunov_ensemble_sums`).
+
+    Parameters
+    ----------
+    w_hh : ndarray, shape (E, n, n)
+        Recurrent weights ``W_e`` (PyTorch layout), float64.
+    drive : ndarray, shape (Td, Ed, n)
+        See :func:`lyapunov_ensemble` (``Td`` in {1, n_steps}, ``Ed`` in {1, E}).
+    h0 : ndarray, shape (E, n)
+        Initial states.
+    act : int
+        Activation code.
+    q0t : ndarray, shape (k, n)
+        Initial frame (rows orthonormal).
+    m, warmup, n_steps : int
+        As :func:`lyapunov_ensemble` (validated by the caller).
+
+    Returns
+    -------
+    sums : ndarray, shape (E, k)
+        ``sum log|R_ii|`` over the measured QRs.
+    status : ndarray of int64, shape (E,)
+        First step with a non-finite state, -1 where the trajectory stayed finite.
+    """
+    w_hh_t = np.ascontiguousarray(np.transpose(w_hh, (0, 2, 1)), dtype=np.float64)
+    drive = np.ascontiguousarray(drive, dtype=np.float64)
+    h0 = np.ascontiguousarray(h0, dtype=np.float64)
+    q0t = np.ascontiguousarray(q0t, dtype=np.float64)
+    sums = np.zeros((w_hh_t.shape[0], q0t.shape[0]))
+    status = np.full(w_hh_t.shape[0], -1, dtype=np.int64)
+    # the networks run in parallel: each product is small, one BLAS thread each
+    with blas_threads_for(0):
+        lyapunov_ensemble(w_hh_t, drive, h0, int(act), q0t, int(m), int(warmup), int(n_steps),
+                          sums, status)
+    return sums, status
