@@ -53,7 +53,7 @@ def model_case(make, dtype, sizes, rng, batch_first):
 
 def trajectory_case(rng):
     import rnnlab
-    from rnnlab.diagnostics import trajectories
+    from rnnlab.diagnostics import diagnose, trajectories
 
     net = rnnlab.RNN(2, 4, num_layers=2, transition_layers=1, seed=3)
     x = rng.standard_normal((6, 2, 2)).astype(np.float32)
@@ -62,6 +62,12 @@ def trajectory_case(rng):
     errs = {}
     for i, (a, b) in enumerate(zip(ref, got)):
         errs[f"jacobians_{i}"] = rel_err(a.jacobians(0, a.n_steps), b.jacobians(0, b.n_steps))
+    lstm = rnnlab.LSTM(2, 3, seed=4)
+    ref = diagnose(lstm, x, diagnostics=("lyapunov", "gradient_decay"))
+    got = diagnose(lstm, x, diagnostics=("lyapunov", "gradient_decay"), backend="cuda")
+    errs["diagnose_lyapunov"] = rel_err(ref["lyapunov"].exponent, got["lyapunov"].exponent)
+    errs["diagnose_gradient_decay"] = rel_err(ref["gradient_decay"].log_norm,
+                                              got["gradient_decay"].log_norm)
     return errs
 
 
@@ -105,7 +111,7 @@ def main(argv=None):
             errs = model_case(make(dtype), dtype, sizes, rng, batch_first)
             report(f"{np.dtype(dtype).name} {label}", dtype, errs, time.perf_counter() - t0)
     t0 = time.perf_counter()
-    report("float64 trajectories(backend='cuda')", np.float64, trajectory_case(rng),
+    report("float64 trajectories, diagnose (backend='cuda')", np.float64, trajectory_case(rng),
            time.perf_counter() - t0)
 
     if failures:

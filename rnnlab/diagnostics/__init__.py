@@ -30,7 +30,7 @@ __all__ = ["GradientDecay", "JacobianSequence", "LyapunovEnsembleResult", "Lyapu
 DIAGNOSTICS = ("lyapunov", "gradient_decay", "spectra", "pascanu")
 
 
-def step_jacobians(model, x, h0=None, joint=None):
+def step_jacobians(model, x, h0=None, joint=None, backend=None):
     """Dense step Jacobians ``J_t = ∂s<t>/∂s<t-1>`` of every trajectory (for small T).
 
     Returns
@@ -38,7 +38,8 @@ def step_jacobians(model, x, h0=None, joint=None):
     list of (dict, ndarray)
         The trajectory's configuration and its ``(T, n, n)`` Jacobians.
     """
-    return [(tr.config, tr.jacobians(0, tr.n_steps)) for tr in trajectories(model, x, h0, joint)]
+    return [(tr.config, tr.jacobians(0, tr.n_steps))
+            for tr in trajectories(model, x, h0, joint, backend)]
 
 
 def model_from_state_dict(state_dict, nonlinearity="tanh", dtype=np.float64):
@@ -84,7 +85,7 @@ def model_from_state_dict(state_dict, nonlinearity="tanh", dtype=np.float64):
 
 
 def diagnose(model, x, h0=None, diagnostics=DIAGNOSTICS, k=None, m=1, warmup=0, spans=None,
-             fit=None, seed=0, joint=None, nonlinearity="tanh", **config):
+             fit=None, seed=0, joint=None, nonlinearity="tanh", backend=None, **config):
     """Every diagnostic of a model driven by ``x``, one tidy DataFrame each.
 
     Parameters
@@ -114,6 +115,10 @@ def diagnose(model, x, h0=None, diagnostics=DIAGNOSTICS, k=None, m=1, warmup=0, 
         See :func:`trajectories`.
     nonlinearity : str
         For a state_dict of a vanilla RNN.
+    backend : {None, "cpu", "cuda"}, optional
+        Where the model's float64 forward pass runs (default: the model's own backend; see
+        :func:`trajectories`). The analyses of each trajectory run on the CPU; for the spectra
+        of many networks on the GPU see :func:`lyapunov_ensemble`.
     **config
         Extra constant columns (e.g. ``gain=0.9``).
 
@@ -130,7 +135,7 @@ def diagnose(model, x, h0=None, diagnostics=DIAGNOSTICS, k=None, m=1, warmup=0, 
     if unknown:
         raise ValueError(f"diagnostics must be among {list(DIAGNOSTICS)}, got {sorted(unknown)}")
     extra = {**config, "dtype": "float64", "model_dtype": model.dtype.name}
-    trajs = trajectories(model, x, h0, joint)
+    trajs = trajectories(model, x, h0, joint, backend)
     tables = {}
     if "lyapunov" in diagnostics:
         tables["lyapunov"] = pd.concat([lyapunov_spectrum(tr, k, m, warmup, seed).to_frame()
