@@ -9,6 +9,7 @@ import pytest
 
 import rnnlab
 from rnnlab.activations import fast_sigmoid, fast_tanh
+from rnnlab.kernels.cpu import blas as blas_kernels
 from rnnlab.kernels.cpu import gru as gru_kernels
 from rnnlab.kernels.cpu import lstm as lstm_kernels
 
@@ -286,8 +287,8 @@ def test_parallel_products_are_bitwise_the_serial_ones(case, monkeypatch):
     d_out = rng.standard_normal((40, 6, 16))
     net = CELLS[case](5, 8, num_layers=2, bidirectional=True, dtype=np.float64, seed=4)
     serial = net.backward(x, d_out)
-    monkeypatch.setattr(lstm_kernels, "PARALLEL_WORK", 0)
-    monkeypatch.setattr(lstm_kernels, "BLOCK_WORK", 1000)  # several blocks per product
+    monkeypatch.setattr(blas_kernels, "PARALLEL_WORK", 0)
+    monkeypatch.setattr(blas_kernels, "BLOCK_WORK", 1000)  # several blocks per product
     parallel = net.backward(x, d_out)
     threads = numba.get_num_threads()
     numba.set_num_threads(1)

@@ -20,7 +20,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ...activations import activate, derivative_from_output
+from ...activations import activate_rows, derivative_from_output
+from .blas import matmul_tasks, prev_state_tasks, run_products
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -65,9 +66,7 @@ def rnn_recurrence(w_hh_t, w_tr_t, b_tr, h0, act, reverse, states, n_chunks):
                     z_b = z[b]
                     for i in range(hidden):
                         z_b[i] += a_j * w_row[i]
-            for b in range(b0, b1):
-                for i in range(hidden):
-                    z[b, i] = activate(act, z[b, i])
+            activate_rows(act, z, b0, b1)
             for k in range(1, depth + 1):
                 u_in = states[k - 1, t]
                 u = states[k, t]
@@ -81,9 +80,7 @@ def rnn_recurrence(w_hh_t, w_tr_t, b_tr, h0, act, reverse, states, n_chunks):
                         u_b = u[b]
                         for i in range(hidden):
                             u_b[i] += u_j * w_row[i]
-                for b in range(b0, b1):
-                    for i in range(hidden):
-                        u[b, i] = activate(act, u[b, i])
+                activate_rows(act, u, b0, b1)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -198,7 +195,8 @@ def rnn_layer_forward(x, w_ih, w_hh, bias, w_tr, b_tr, h0, act, reverse=False):
     depth = w_tr.shape[0]
     states = np.empty((depth + 1, n_steps, batch, hidden), dtype=x.dtype)
     # the input projection of every step at once: one GEMM over T*B rows
-    np.matmul(x.reshape(n_steps * batch, n_in), w_ih.T, out=states[0].reshape(-1, hidden))
+    proj = states[0].reshape(-1, hidden)
+    run_products(matmul_tasks(x.reshape(n_steps * batch, n_in), w_ih.T, proj), proj.size * n_in)
     if bias is not None:
         states[0] += bias
     w_tr_t = np.ascontiguousarray(w_tr.transpose(0, 2, 1))
@@ -247,23 +245,28 @@ def rnn_layer_backward(x, w_ih, w_hh, w_tr, h0, states, d_out, dh_n, act, revers
                             n_chunks(batch))
 
     dz0 = dz[0].reshape(-1, hidden)
-    # dW_hh = sum_t dz<t>^T a<t-1>: one GEMM over the (T-1)*B rows that have a previous state
-    # inside the sequence, plus the first step's product with h0
-    first, rest, prev = (n_steps - 1, slice(0, -1), slice(1, None)) if reverse else (
-        0, slice(1, None), slice(0, -1))
-    d_w_hh = dz[0, first].T @ h0
-    if n_steps > 1:
-        d_w_hh += dz[0, rest].reshape(-1, hidden).T @ states[depth, prev].reshape(-1, hidden)
+    rows = dz0.shape[0]
+    d_x = np.empty_like(x)
+    d_w_ih = np.empty_like(w_ih)
+    d_w_hh = np.empty_like(w_hh)
     d_w_tr = np.empty_like(w_tr)
+    # every gradient of a weight or of the input is a product over the T*B rows (dW_hh: the
+    # first step's product with h0 plus one over the other rows), run as single-threaded BLAS
+    # blocks beside each other (see rnnlab.kernels.cpu.blas)
+    tasks = (matmul_tasks(dz0, w_ih, d_x.reshape(-1, n_in))
+             + matmul_tasks(dz0.T, x.reshape(-1, n_in), d_w_ih)
+             + prev_state_tasks(dz[0], states[depth], h0, reverse, d_w_hh))
+    for k in range(1, depth + 1):
+        tasks += matmul_tasks(dz[k].reshape(-1, hidden).T, states[k - 1].reshape(-1, hidden),
+                              d_w_tr[k - 1])
+    run_products(tasks, rows * hidden * (2 * n_in + hidden * (1 + depth)))
     d_b_tr = np.empty((depth, hidden), dtype=states.dtype)
     for k in range(1, depth + 1):
-        dz_k = dz[k].reshape(-1, hidden)
-        d_w_tr[k - 1] = dz_k.T @ states[k - 1].reshape(-1, hidden)
-        d_b_tr[k - 1] = _sum_rows(dz_k)
+        d_b_tr[k - 1] = _sum_rows(dz[k].reshape(-1, hidden))
     return {
-        "input": (dz0 @ w_ih).reshape(n_steps, batch, n_in),
+        "input": d_x,
         "h0": dh0,
-        "weight_ih": dz0.T @ x.reshape(-1, n_in),
+        "weight_ih": d_w_ih,
         "weight_hh": d_w_hh,
         "bias": _sum_rows(dz0),
         "weight_tr": d_w_tr,
