@@ -484,3 +484,62 @@ def test_load_state_dict_names_the_gate_count():
     rnn = rnnlab.RNN(3, 4, dtype=np.float64)
     with pytest.raises(ValueError, match="4 gate blocks found, RNN has 1"):
         rnn.load_state_dict(lstm.state_dict())
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("batch, hidden, parts", [(1, 13, 2), (3, 8, 3), (2, 5, 1)])
+def test_lstm_unit_split_kernels_are_bitwise_the_batch_chunked_ones(reverse, batch, hidden,
+                                                                    parts):
+    """Small batches split the hidden units over threads: the same sums in the same order."""
+    rng = np.random.default_rng(batch * 100 + hidden)
+    T, I = 7, 4
+    x = rng.standard_normal((T, batch, I))
+    w_ih = 0.5 * rng.standard_normal((4 * hidden, I))
+    w_hh = 0.5 * rng.standard_normal((4 * hidden, hidden))
+    bias = 0.3 * rng.standard_normal(4 * hidden)
+    h0, c0 = rng.standard_normal((2, batch, hidden))
+    d_out = rng.standard_normal((T, batch, hidden))
+    dh_n, dc_n = rng.standard_normal((2, batch, hidden))
+    proj = (x.reshape(-1, I) @ w_ih.T).reshape(T, batch, -1)
+    results = []
+    for units in (False, True):
+        gates = proj.copy()
+        cells = np.empty((T, batch, hidden))
+        hid = np.empty((T, batch, hidden))
+        w_rows, w_cols = lstm_kernels.pack_unit_parts(w_hh, parts)
+        if units:
+            lstm_kernels.lstm_recurrence_units(w_rows, bias, h0, c0, reverse, gates, cells, hid,
+                                               parts)
+        else:
+            lstm_kernels.lstm_recurrence(np.ascontiguousarray(w_hh.T), bias, h0, c0, reverse,
+                                         gates, cells, hid, 1)
+        dz = np.empty_like(gates)
+        dh0, dc0 = np.empty_like(h0), np.empty_like(c0)
+        db_rows = np.zeros((batch, 4 * hidden))
+        d_hidden, d_cell = np.empty((2, T, batch, hidden))
+        if units:
+            lstm_kernels.lstm_recurrence_backward_units(
+                w_cols, h0, c0, gates, cells, d_out, dh_n, dc_n, reverse, dz, dh0, dc0, db_rows,
+                d_hidden, d_cell, parts)
+        else:
+            lstm_kernels.lstm_recurrence_backward(
+                w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reverse, dz, dh0, dc0, db_rows,
+                d_hidden, d_cell, batch)
+        results.append((gates, cells, hid, dz, dh0, dc0, db_rows, d_hidden, d_cell))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_lstm_layer_picks_the_unit_split_for_a_small_batch(monkeypatch):
+    """The layer wrappers switch to the unit-split kernels by shape; gradients are unchanged."""
+    net = rnnlab.LSTM(3, 32, dtype=np.float64, seed=2)
+    rng = np.random.default_rng(5)
+    x, d_out = rng.standard_normal((9, 1, 3)), rng.standard_normal((9, 1, 32))
+    chunked = net.backward(x, d_out)
+    monkeypatch.setattr(lstm_kernels, "UNIT_SPLIT_WORK", 0)
+    if numba.get_num_threads() < 2:
+        pytest.skip("one thread: the unit split never applies")
+    assert lstm_kernels.unit_parts(1, 32) >= 2
+    split = net.backward(x, d_out)
+    for name in chunked:
+        np.testing.assert_array_equal(chunked[name], split[name])

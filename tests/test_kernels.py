@@ -106,3 +106,39 @@ def test_second_process_uses_the_on_disk_cache(tmp_path):
                             text=True, check=True).stdout.split()
     assert int(first[0]) == 0 and int(first[1]) == 1  # compiled, then saved
     assert int(second[0]) == 1 and int(second[1]) == 0  # loaded
+
+
+@pytest.mark.parametrize("act", [0, 1, 2, 3])
+@pytest.mark.parametrize("depth, reverse", [(0, False), (1, True), (2, False)])
+def test_blas_step_recurrence_matches_the_compiled_loops(act, depth, reverse, monkeypatch):
+    """Large B * H * H runs one BLAS product a step: the same forward states and gradients as
+    the compiled loops (float64, to rounding)."""
+    rng = np.random.default_rng(act * 10 + depth)
+    T, B, I, H = 12, 5, 3, 7
+    x = rng.standard_normal((T, B, I))
+    w_ih = 0.6 * rng.standard_normal((H, I))
+    w_hh = 0.9 / np.sqrt(H) * rng.standard_normal((H, H))
+    bias = 0.2 * rng.standard_normal(H)
+    w_tr = rng.standard_normal((depth, H, H)) / np.sqrt(H)
+    b_tr = 0.2 * rng.standard_normal((depth, H))
+    h0 = np.abs(rng.standard_normal((B, H)))  # relu: active units from the start
+    d_out, dh_n = rng.standard_normal((T, B, H)), rng.standard_normal((B, H))
+    runs = []
+    for threshold in (1 << 62, 0):
+        monkeypatch.setattr(vanilla, "BLAS_STEP_BYTES", threshold)
+        states = vanilla.rnn_layer_forward(x, w_ih, w_hh, bias, w_tr, b_tr, h0, act, reverse)
+        grads = vanilla.rnn_layer_backward(x, w_ih, w_hh, w_tr, h0, states, d_out, dh_n, act,
+                                           reverse)
+        runs.append((states, grads))
+    (s_loop, g_loop), (s_blas, g_blas) = runs
+    np.testing.assert_allclose(s_blas, s_loop, rtol=1e-12, atol=1e-13)
+    for name in g_loop:
+        np.testing.assert_allclose(g_blas[name], g_loop[name], rtol=1e-11, atol=1e-12,
+                                   err_msg=name)
+
+
+def test_blas_steps_rule():
+    assert vanilla.blas_steps(128, 512, np.float32)
+    assert not vanilla.blas_steps(32, 256, np.float32)
+    assert vanilla.blas_steps(32, 256, np.float64)
+    assert not vanilla.blas_steps(1, 1024, np.float64)
