@@ -3,7 +3,8 @@ recurrence (input projections before it, input and weight gradients after it), r
 single-threaded BLAS calls on fixed row blocks spread over a small thread pool.
 
 The CPU twin of :mod:`rnnlab.kernels.cuda.blas` (where the same products are tiled device GEMMs).
-Used by the vanilla, LSTM and GRU layer wrappers.
+Used by the vanilla, LSTM and GRU layer wrappers; :func:`accumulate_product` is the small
+per-step product inside their compiled recurrences.
 """
 
 import os
@@ -12,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
+from numba import njit
 
 from ..._blas import blas_threads_for
 
@@ -155,3 +157,52 @@ def prev_state_tasks(dz, hidden, h0, reverse, out):
         return run
 
     return [task(r0, r1) for r0, r1 in _blocks(width, width * n_steps * batch * hid)]
+
+
+@njit(cache=True, error_model="numpy")
+def accumulate_product(acc, acc_row0, a, a_row0, a_col0, w, w_row0, n_inner, n_rows):
+    """``acc[acc_row0 + r] += a[a_row0 + r, a_col0:a_col0 + n_inner] @ w[w_row0:w_row0 + n_inner]``.
+
+    The small per-step matrix product of every recurrence (``r < n_rows``, a chunk of the batch),
+    written so that the innermost loop is a contiguous axpy over a row of ``w`` (which
+    vectorises): ``j`` outer, four rows of ``w`` per pass so that each row of ``acc`` is loaded
+    and stored once per four multiply-adds, the chunk's rows in the middle. Each entry is still
+    summed in the fixed order ``j = 0, 1, 2, ...``, whatever the chunking.
+
+    Parameters
+    ----------
+    acc : ndarray, shape (R, K)
+        Accumulator, updated in place.
+    acc_row0, a_row0, a_col0, w_row0 : int
+        Offsets of the blocks used in ``acc``, ``a`` and ``w``.
+    a : ndarray, shape (R', N')
+        Left factor.
+    w : ndarray, shape (N'', K)
+        Right factor (C-contiguous rows).
+    n_inner, n_rows : int
+        Inner dimension and number of rows.
+    """
+    j = 0
+    while j + 4 <= n_inner:
+        w0 = w[w_row0 + j]
+        w1 = w[w_row0 + j + 1]
+        w2 = w[w_row0 + j + 2]
+        w3 = w[w_row0 + j + 3]
+        for r in range(n_rows):
+            a_r = a[a_row0 + r]
+            a0 = a_r[a_col0 + j]
+            a1 = a_r[a_col0 + j + 1]
+            a2 = a_r[a_col0 + j + 2]
+            a3 = a_r[a_col0 + j + 3]
+            x = acc[acc_row0 + r]
+            for i in range(x.shape[0]):
+                x[i] = x[i] + a0 * w0[i] + a1 * w1[i] + a2 * w2[i] + a3 * w3[i]
+        j += 4
+    while j < n_inner:
+        w0 = w[w_row0 + j]
+        for r in range(n_rows):
+            a0 = a[a_row0 + r, a_col0 + j]
+            x = acc[acc_row0 + r]
+            for i in range(x.shape[0]):
+                x[i] = x[i] + a0 * w0[i]
+        j += 1

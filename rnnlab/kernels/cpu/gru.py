@@ -23,8 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from ...activations import fast_sigmoid, fast_tanh, one_like
-from .blas import matmul_tasks, prev_state_tasks, run_products
-from .lstm import accumulate_product
+from .blas import accumulate_product, matmul_tasks, prev_state_tasks, run_products
 from .vanilla import n_chunks
 
 #: Gate blocks stacked in the weights: r, z, n.

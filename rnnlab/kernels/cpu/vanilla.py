@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from ...activations import activate_rows, derivative_from_output
-from .blas import matmul_tasks, prev_state_tasks, run_products
+from .blas import accumulate_product, matmul_tasks, prev_state_tasks, run_products
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -58,14 +58,8 @@ def rnn_recurrence(w_hh_t, w_tr_t, b_tr, h0, act, reverse, states, n_chunks):
             t = n_steps - 1 - s if reverse else s
             prev = h0 if s == 0 else states[depth, t + 1 if reverse else t - 1]
             z = states[0, t]
-            # j outer, rows of the chunk in the middle: each row of W_hh^T is read once per step
-            for j in range(hidden):
-                w_row = w_hh_t[j]
-                for b in range(b0, b1):
-                    a_j = prev[b, j]
-                    z_b = z[b]
-                    for i in range(hidden):
-                        z_b[i] += a_j * w_row[i]
+            # j outer (four rows of W_hh^T a pass), rows of the chunk in the middle
+            accumulate_product(z, b0, prev, b0, 0, w_hh_t, 0, hidden, b1 - b0)
             activate_rows(act, z, b0, b1)
             for k in range(1, depth + 1):
                 u_in = states[k - 1, t]
@@ -73,13 +67,7 @@ def rnn_recurrence(w_hh_t, w_tr_t, b_tr, h0, act, reverse, states, n_chunks):
                 for b in range(b0, b1):
                     for i in range(hidden):
                         u[b, i] = b_tr[k - 1, i]
-                for j in range(hidden):
-                    w_row = w_tr_t[k - 1, j]
-                    for b in range(b0, b1):
-                        u_j = u_in[b, j]
-                        u_b = u[b]
-                        for i in range(hidden):
-                            u_b[i] += u_j * w_row[i]
+                accumulate_product(u, b0, u_in, b0, 0, w_tr_t[k - 1], 0, hidden, b1 - b0)
                 activate_rows(act, u, b0, b1)
 
 
@@ -135,26 +123,14 @@ def rnn_recurrence_backward(w_hh, w_tr, states, d_out, dh_n, act, reverse, dz, d
                     for i in range(hidden):
                         dz_k[b0 + bb, i] = g[bb, i] * derivative_from_output(act, u[b0 + bb, i])
                 g[:, :] = 0
-                for i in range(hidden):
-                    w_row = w_tr[k - 1, i]
-                    for bb in range(nb):
-                        d_i = dz_k[b0 + bb, i]
-                        g_b = g[bb]
-                        for j in range(hidden):
-                            g_b[j] += d_i * w_row[j]
+                accumulate_product(g, 0, dz_k, b0, 0, w_tr[k - 1], 0, hidden, nb)
             a = states[0, t]
             dz_0 = dz[0, t]
             for bb in range(nb):
                 for i in range(hidden):
                     dz_0[b0 + bb, i] = g[bb, i] * derivative_from_output(act, a[b0 + bb, i])
             carry[:, :] = 0
-            for i in range(hidden):
-                w_row = w_hh[i]
-                for bb in range(nb):
-                    d_i = dz_0[b0 + bb, i]
-                    c_b = carry[bb]
-                    for j in range(hidden):
-                        c_b[j] += d_i * w_row[j]
+            accumulate_product(carry, 0, dz_0, b0, 0, w_hh, 0, hidden, nb)
         for bb in range(nb):
             for i in range(hidden):
                 dh0[b0 + bb, i] = carry[bb, i]
