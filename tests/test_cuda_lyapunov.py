@@ -5,16 +5,13 @@ No GPU is needed. The simulator runs in a subprocess (tests/cuda_sim_lyapunov.py
 ``NUMBA_ENABLE_CUDASIM`` must be set before ``numba.cuda`` is first imported; where a GPU is
 present the same script also runs on it, at larger sizes (n = k = 128 included).
 
-The PTX helpers (``_ptx_unavailable_reason`` and the ``device_free_compile`` fixture) are a
-minimal copy of those in tests/test_cuda_vanilla.py, so that this module stands alone.
+The subprocess runner and the PTX helpers (``_NO_PTX``, the ``device_free_compile`` fixture)
+are those of tests/test_cuda_vanilla.py, imported.
 """
 
 import os
 import re
-import subprocess
-import sys
 import textwrap
-import types
 from pathlib import Path
 
 import pytest
@@ -25,31 +22,11 @@ _SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 
 cuda = pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
 
+import test_cuda_vanilla as vanilla_tests  # noqa: E402  (after the skip: it needs numba.cuda)
 
-def _env(simulator):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    if simulator:
-        env["NUMBA_ENABLE_CUDASIM"] = "1"
-    else:
-        env.pop("NUMBA_ENABLE_CUDASIM", None)
-    return env
-
-
-def _run(args, simulator, timeout=300):
-    proc = subprocess.run([sys.executable, *args], env=_env(simulator), cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    return proc.stdout
-
-
-def _gpu_present():
-    if _SIMULATED:
-        return False
-    try:
-        return bool(cuda.is_available())
-    except Exception:  # noqa: BLE001
-        return False
+_NO_PTX = vanilla_tests._NO_PTX
+device_free_compile = vanilla_tests.device_free_compile
+_run, _gpu_present = vanilla_tests._run, vanilla_tests._gpu_present
 
 
 # --- CPU and CUDA agree ---
@@ -91,36 +68,6 @@ def _signatures():
             sigs.append(pytest.param(kernel, (a3, a3, a4, a4, int64, int64, a3, a3),
                                      id=f"{kernel.py_func.__name__}-{ty}"))
     return sigs
-
-
-def _ptx_unavailable_reason():
-    if _SIMULATED:
-        return "NUMBA_ENABLE_CUDASIM is set: compile_ptx needs the real CUDA target"
-    try:
-        from numba import float32
-
-        def probe(x):
-            x[0] = x[0] + float32(1)
-
-        cuda.compile_ptx(probe, (float32[::1],), cc=(9, 0))
-    except Exception as exc:  # noqa: BLE001 - NVVM missing, wrong toolkit, ...
-        return f"numba.cuda cannot compile PTX here ({type(exc).__name__}: {exc})"
-    return None
-
-
-_NO_PTX = _ptx_unavailable_reason()
-
-
-@pytest.fixture
-def device_free_compile(monkeypatch):
-    """compile_ptx of a kernel calling device functions asks the driver for the current
-    device's compute capability (numba-cuda 0.30), which fails without a GPU: answer sm_90."""
-    if not _gpu_present():
-        import numba.cuda.dispatcher as dispatcher
-
-        if hasattr(dispatcher, "get_current_device"):
-            monkeypatch.setattr(dispatcher, "get_current_device",
-                                lambda: types.SimpleNamespace(compute_capability=(9, 0)))
 
 
 @pytest.mark.skipif(_NO_PTX is not None, reason=_NO_PTX or "")
