@@ -18,17 +18,7 @@ import time
 
 import numpy as np
 
-TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
-
-
-def rel_err(ref, got):
-    ref = np.asarray(ref, dtype=np.float64)
-    got = np.asarray(got, dtype=np.float64)
-    if ref.shape != got.shape:
-        return np.inf
-    if ref.size == 0:
-        return 0.0
-    return float(np.abs(ref - got).max() / max(np.abs(ref).max(), 1e-30))
+from cuda_checks import Report, rel_err
 
 
 def layer_case(cpu, gpu, dtype, act, depth, reverse, sizes, rng, device_resident=False,
@@ -114,15 +104,7 @@ def main(argv=None):
 
     rng = np.random.default_rng(2024)
     sizes = (40, 6, 5, 64) if args.gpu else (5, 2, 3, 4)  # T, B, I, H
-    failures = []
-
-    def report(label, dtype, errs, seconds):
-        worst = max(errs, key=errs.get)
-        ok = errs[worst] <= TOL[np.dtype(dtype)]
-        print(f"{'ok  ' if ok else 'FAIL'} {label:<58} worst {worst:<10} {errs[worst]:.1e}"
-              f"  ({seconds:.1f} s)", flush=True)
-        if not ok:
-            failures.append((label, errs))
+    report = Report(58, 10)
 
     for dtype in (np.float64, np.float32):
         name = np.dtype(dtype).name
@@ -132,10 +114,10 @@ def main(argv=None):
             depth, reverse = (act + (dtype is np.float32)) % 2, act >= 2
             t0 = time.perf_counter()
             errs = layer_case(cpu, gpu, dtype, act, depth, reverse, sizes, rng)
-            report(f"{name} act={act} depth={depth} reverse={reverse}", dtype, errs,
+            report.for_dtype(f"{name} act={act} depth={depth} reverse={reverse}", dtype, errs,
                    time.perf_counter() - t0)
         t0 = time.perf_counter()
-        report(f"{name} blas", dtype, blas_case(blas, dtype, rng), time.perf_counter() - t0)
+        report.for_dtype(f"{name} blas", dtype, blas_case(blas, dtype, rng), time.perf_counter() - t0)
 
     # W_hh read from global memory, more units than threads (strided ownership, H not a
     # multiple of the block), device-resident arguments and results
@@ -147,7 +129,7 @@ def main(argv=None):
             t0 = time.perf_counter()
             errs = layer_case(cpu, gpu, dtype, 0, 1, dtype is np.float32, (T, B, I, H + 1), rng,
                               device_resident=True)
-            report(f"{np.dtype(dtype).name} tanh global-W strided device-resident", dtype, errs,
+            report.for_dtype(f"{np.dtype(dtype).name} tanh global-W strided device-resident", dtype, errs,
                    time.perf_counter() - t0)
     finally:
         gpu.SHARED_MEMORY_BYTES, gpu.MAX_THREADS = saved
@@ -168,7 +150,7 @@ def main(argv=None):
                                   device_resident=act == 3, algorithm="grid")
             finally:
                 gpu.SHARED_MEMORY_BYTES = saved
-            report(f"{np.dtype(dtype).name} grid act={act} depth={depth} reverse={reverse} "
+            report.for_dtype(f"{np.dtype(dtype).name} grid act={act} depth={depth} reverse={reverse} "
                    f"W in {'shared' if shared else 'global'}", dtype, errs,
                    time.perf_counter() - t0)
 
@@ -178,15 +160,10 @@ def main(argv=None):
             for h in (h_max, h_max + 1):
                 t0 = time.perf_counter()
                 errs = layer_case(cpu, gpu, dtype, 0, 0, False, (20, 3, 4, h), rng)
-                report(f"{np.dtype(dtype).name} tanh H={h}", dtype, errs,
+                report.for_dtype(f"{np.dtype(dtype).name} tanh H={h}", dtype, errs,
                        time.perf_counter() - t0)
 
-    if failures:
-        print(f"{len(failures)} case(s) disagree:", file=sys.stderr)
-        for label, errs in failures:
-            print(f"  {label}: {errs}", file=sys.stderr)
-        return 1
-    return 0
+    return report.finish()
 
 
 if __name__ == "__main__":

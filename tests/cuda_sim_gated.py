@@ -19,26 +19,15 @@ import time
 
 import numpy as np
 
-TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
-
-
-def rel_err(ref, got):
-    if np.asarray(got).dtype != np.asarray(ref).dtype:
-        return np.inf
-    ref = np.asarray(ref, dtype=np.float64)
-    got = np.asarray(got, dtype=np.float64)
-    if ref.shape != got.shape:
-        return np.inf
-    if ref.size == 0:
-        return 0.0
-    return float(np.abs(ref - got).max() / max(np.abs(ref).max(), 1e-30))
+from cuda_checks import Report, rel_err
 
 
 def compare(prefix, ref, got, errs):
     """Add ``rel_err`` of every array of the dict ``ref`` to ``errs`` (inf for a missing or
     extra key)."""
     for k in set(ref) | set(got):
-        errs[prefix + k] = rel_err(ref[k], got[k]) if k in ref and k in got else np.inf
+        errs[prefix + k] = (rel_err(ref[k], got[k], same_dtype=True) if k in ref and k in got
+                            else np.inf)
 
 
 def _copy_back(arrays, errs):
@@ -131,15 +120,7 @@ def main(argv=None):
     pairs = {"lstm": (cpu_lstm, gpu_lstm), "gru": (cpu_gru, gpu_gru)}
     rng = np.random.default_rng(2025)
     sizes = (40, 6, 5, 48) if args.gpu else (5, 2, 3, 4)  # T, B, I, H
-    failures = []
-
-    def report(label, dtype, errs, seconds):
-        worst = max(errs, key=errs.get)
-        ok = errs[worst] <= TOL[np.dtype(dtype)]
-        print(f"{'ok  ' if ok else 'FAIL'} {label:<58} worst {worst:<12} {errs[worst]:.1e}"
-              f"  ({seconds:.1f} s)", flush=True)
-        if not ok:
-            failures.append((label, errs))
+    report = Report(58, 12)
 
     def run(cell, dtype, reverse, bias, hidden_grads, sizes, extra="", **kw):
         cpu, gpu = pairs[cell]
@@ -147,7 +128,7 @@ def main(argv=None):
         errs = gated_case(cell, cpu, gpu, dtype, reverse, bias, hidden_grads, sizes, rng, **kw)
         label = (f"{cell} {np.dtype(dtype).name} reverse={reverse} bias={bias} "
                  f"hidden_grads={hidden_grads}{extra}")
-        report(label, dtype, errs, time.perf_counter() - t0)
+        report.for_dtype(label, dtype, errs, time.perf_counter() - t0)
 
     # W_hh in shared memory: each (cell, dtype) runs both directions; bias and hidden_grads
     # rotate with the direction
@@ -178,12 +159,7 @@ def main(argv=None):
                 for h in (h_max, h_max + 1):
                     run(cell, dtype, False, True, False, (20, 3, 4, h), f" H={h}")
 
-    if failures:
-        print(f"{len(failures)} case(s) disagree:", file=sys.stderr)
-        for label, errs in failures:
-            print(f"  {label}: {errs}", file=sys.stderr)
-        return 1
-    return 0
+    return report.finish()
 
 
 if __name__ == "__main__":

@@ -20,24 +20,7 @@ import warnings
 
 import numpy as np
 
-TOL = 1e-10
-
-
-def rel_err(ref, got):
-    ref = np.asarray(ref, dtype=np.float64)
-    got = np.asarray(got, dtype=np.float64)
-    if ref.shape != got.shape:
-        return np.inf
-    if ref.size == 0:
-        return 0.0
-    if not np.array_equal(np.isfinite(ref), np.isfinite(got)):
-        return np.inf
-    fin = np.isfinite(ref)
-    if not np.array_equal(ref[~fin], got[~fin]):
-        return np.inf
-    if not fin.any():
-        return 0.0
-    return float(np.abs(ref[fin] - got[fin]).max() / max(np.abs(ref[fin]).max(), 1e-30))
+from cuda_checks import Report, rel_err
 
 
 def ensemble_case(cpu, gpu, rng, act, sizes, k, m, warmup, drive_kind, threads, in_shared,
@@ -156,15 +139,7 @@ def main(argv=None):
     from rnnlab.kernels.cuda import qr as gpu_qr
 
     rng = np.random.default_rng(7)
-    failures = []
-
-    def report(label, errs, seconds):
-        worst = max(errs, key=errs.get)
-        ok = errs[worst] <= TOL
-        print(f"{'ok  ' if ok else 'FAIL'} {label:<62} worst {worst:<20} {errs[worst]:.1e}"
-              f"  ({seconds:.1f} s)", flush=True)
-        if not ok:
-            failures.append((label, errs))
+    report = Report(62, 20)
 
     if args.gpu:
         # contracting networks (gain 0.9): the GPU contracts a*b+c into FMAs, so its trajectory
@@ -234,12 +209,7 @@ def main(argv=None):
            {"exponents": rel_err(res["cpu"].exponents, res["cuda"].exponents)},
            time.perf_counter() - t0)
 
-    if failures:
-        print(f"{len(failures)} case(s) disagree:", file=sys.stderr)
-        for label, errs in failures:
-            print(f"  {label}: {errs}", file=sys.stderr)
-        return 1
-    return 0
+    return report.finish()
 
 
 if __name__ == "__main__":

@@ -17,17 +17,7 @@ import time
 
 import numpy as np
 
-TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
-
-
-def rel_err(ref, got):
-    ref = np.asarray(ref, dtype=np.float64)
-    got = np.asarray(got, dtype=np.float64)
-    if ref.shape != got.shape:
-        return np.inf
-    if ref.size == 0:
-        return 0.0
-    return float(np.abs(ref - got).max() / max(np.abs(ref).max(), 1e-30))
+from cuda_checks import Report, rel_err
 
 
 def model_case(make, dtype, sizes, rng, batch_first):
@@ -81,15 +71,7 @@ def main(argv=None):
     rng = np.random.default_rng(7)
     sizes = (30, 5, 6) if args.gpu else (4, 2, 3)  # T, B, I
     H = 40 if args.gpu else 3
-    failures = []
-
-    def report(label, dtype, errs, seconds):
-        worst = max(errs, key=errs.get)
-        ok = errs[worst] <= TOL[np.dtype(dtype)]
-        print(f"{'ok  ' if ok else 'FAIL'} {label:<52} worst {worst:<16} {errs[worst]:.1e}"
-              f"  ({seconds:.1f} s)", flush=True)
-        if not ok:
-            failures.append((label, errs))
+    report = Report(52, 16)
 
     cases = [
         ("RNN tanh 2 layers bidirectional", lambda dt: lambda b: rnnlab.RNN(
@@ -109,17 +91,12 @@ def main(argv=None):
         for label, make, batch_first in cases:
             t0 = time.perf_counter()
             errs = model_case(make(dtype), dtype, sizes, rng, batch_first)
-            report(f"{np.dtype(dtype).name} {label}", dtype, errs, time.perf_counter() - t0)
+            report.for_dtype(f"{np.dtype(dtype).name} {label}", dtype, errs, time.perf_counter() - t0)
     t0 = time.perf_counter()
-    report("float64 trajectories, diagnose (backend='cuda')", np.float64, trajectory_case(rng),
+    report.for_dtype("float64 trajectories, diagnose (backend='cuda')", np.float64, trajectory_case(rng),
            time.perf_counter() - t0)
 
-    if failures:
-        print(f"{len(failures)} case(s) disagree:", file=sys.stderr)
-        for label, errs in failures:
-            print(f"  {label}: {errs}", file=sys.stderr)
-        return 1
-    return 0
+    return report.finish()
 
 
 if __name__ == "__main__":
