@@ -12,8 +12,9 @@ therefore never store pre-activations. For ReLU the derivative at ``z = 0`` is 0
 import math
 
 import numpy as np
+from llvmlite import ir
 from numba import types
-from numba.extending import overload, register_jitable
+from numba.extending import intrinsic, overload, register_jitable
 
 TANH = 0
 RELU = 1
@@ -77,7 +78,7 @@ def _one_like_overload(x):
 
 # float32 tanh as Eigen's [13/6] rational approximation on [-7.9053, 7.9053]: max 3 ulp error
 # against float64 tanh, branch-free so loops vectorise, ~3x faster than libm's tanhf (no SVML in
-# pip numba). float64 keeps libm's tanh: the float64 paths are the ones checked to 1e-12.
+# pip numba).
 _TANH32_CLAMP = np.float32(7.90531110763549805)
 _TANH32_NUM = tuple(np.float32(v) for v in (
     4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05, 5.12229709037114e-08,
@@ -85,9 +86,62 @@ _TANH32_NUM = tuple(np.float32(v) for v in (
 _TANH32_DEN = tuple(np.float32(v) for v in (
     4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04, 1.19825839466702e-06))
 
+# float64 tanh and sigmoid from a branch-free exp/expm1 (Cody-Waite reduction y = k ln2 + r,
+# |r| <= ln2/2, Taylor polynomial of degree 13 for expm1(r), 2^k built from its bits) so that
+# loops vectorise: libm's tanh and exp are scalar calls, and took half of the float64 tanh RNN's
+# forward pass (measured: T = 1000, B = 8, H = 64, 7.2 ms with tanh, 3.5 ms with ReLU).
+# Error at most a few ulp (checked against mpmath in tests/test_activations.py).
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01  # trailing zeros: k * _LN2_HI is exact for |k| < 2^11
+_LN2_LO = 1.90821492927058770002e-10
+_ROUND = 6755399441055744.0  # 1.5 * 2^52: (x + _ROUND) - _ROUND rounds x to an integer
+_EXPM1_TAYLOR = tuple(1.0 / math.factorial(n) for n in range(13, 1, -1))  # 1/13!, ..., 1/2!
+_TANH64_SATURATION = 20.0  # tanh(20) rounds to 1.0 in float64
+_EXP64_UNDERFLOW = 708.0  # exp(-708) is still a normal number: 2^k needs k >= -1022
+
+
+@intrinsic
+def _int64_as_float64(typingctx, bits):
+    """Reinterpret the bits of an int64 as a float64 (vectorises, unlike ``math.ldexp``)."""
+    if bits != types.int64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
+
+
+@register_jitable
+def _exp_parts(y):
+    """``(s, q)`` with ``exp(y) = s (1 + q)`` and ``expm1(y) = s q + (s - 1)``, float64,
+    for -708 <= y <= 0 (``s = 2^k`` exactly, ``q = expm1(r)`` to about half an ulp)."""
+    kf = (y * _LOG2E + _ROUND) - _ROUND
+    r = (y - kf * _LN2_HI) - kf * _LN2_LO
+    c13, c12, c11, c10, c9, c8, c7, c6, c5, c4, c3, c2 = _EXPM1_TAYLOR
+    p = c13 * r + c12
+    p = p * r + c11
+    p = p * r + c10
+    p = p * r + c9
+    p = p * r + c8
+    p = p * r + c7
+    p = p * r + c6
+    p = p * r + c5
+    p = p * r + c4
+    p = p * r + c3
+    p = p * r + c2
+    q = r + (r * r) * p
+    s = _int64_as_float64((np.int64(kf) + 1023) << 52)
+    return s, q
+
 
 def fast_tanh(z):
-    """tanh in the precision of ``z``: a rational approximation for float32, libm for float64."""
+    """tanh in the precision of ``z``, branch-free so that loops vectorise.
+
+    float32: Eigen's rational approximation (at most 3 ulp). float64:
+    ``-expm1(-2|z|) / (expm1(-2|z|) + 2)`` with the sign of ``z``, from a polynomial expm1 (a few
+    ulp, no libm call).
+    """
     return np.tanh(z)
 
 
@@ -114,7 +168,15 @@ def _fast_tanh_overload(z):
 
         return impl
     if isinstance(z, types.Float):
-        return lambda z: math.tanh(z)
+
+        def impl(z):
+            x = abs(z)
+            x = _TANH64_SATURATION if x > _TANH64_SATURATION else x  # NaN stays NaN
+            s, q = _exp_parts(-2.0 * x)
+            t = s * q + (s - 1.0)  # expm1(-2x), in (-1, 0]: no cancellation
+            return math.copysign(-t / (t + 2.0), z)
+
+        return impl
     return None
 
 
@@ -125,8 +187,9 @@ def fast_sigmoid(z):
     """Logistic function in the precision of ``z``, branch-free so that gate loops vectorise.
 
     float32: ``0.5 + 0.5 * fast_tanh(0.5 z)`` (absolute error below 1e-7, no division by
-    ``1 + exp``, no libm call). float64: the exact, overflow-free ``exp(-|z|)`` form, whatever the
-    sign of ``z``. Used by the LSTM and GRU gates on CPU and CUDA.
+    ``1 + exp``, no libm call). float64: the overflow-free ``exp(-|z|)`` form, whatever the sign
+    of ``z``, with the polynomial exp of :func:`fast_tanh` (a few ulp). Used by the LSTM and GRU
+    gates on CPU and CUDA.
     """
     e = np.exp(-np.abs(z))
     return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
@@ -144,9 +207,12 @@ def _fast_sigmoid_overload(z):
     if isinstance(z, types.Float):
 
         def impl(z):
-            e = math.exp(-abs(z))
-            s = 1.0 / (1.0 + e)
-            return s if z >= 0 else e * s
+            x = abs(z)
+            s, q = _exp_parts(-(_EXP64_UNDERFLOW if x > _EXP64_UNDERFLOW else x))
+            e = s + s * q
+            e = 0.0 if x > _EXP64_UNDERFLOW else e  # exp(-x) underflows (NaN stays NaN)
+            sig = 1.0 / (1.0 + e)
+            return sig if z >= 0 else e * sig
 
         return impl
     return None

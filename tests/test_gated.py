@@ -235,6 +235,51 @@ def test_fast_float32_activations_are_accurate():
                                rtol=1e-15, atol=0)
 
 
+def _ulps_from_mpmath(values, points, exact, mpmath):
+    """Largest error of ``values`` in units of the last place of the correctly rounded result
+    (``exact(mpf) -> mpf``, evaluated with 120 bits)."""
+    worst = 0.0
+    with mpmath.workprec(120):
+        for v, z in zip(values, points):
+            ref = float(exact(mpmath.mpf(float(z))))
+            err = abs(v - ref) / np.spacing(abs(ref)) if ref != 0 else (0.0 if v == 0 else np.inf)
+            worst = max(worst, err)
+    return worst
+
+
+def test_fast_float64_activations_are_accurate_to_a_few_ulp():
+    """float64 tanh and sigmoid are polynomial (vectorisable) forms, not libm: within 2 ulp of
+    the correctly rounded value (mpmath), with exact special values."""
+    @numba.njit(error_model="numpy")
+    def both(z):
+        s = np.empty_like(z)
+        t = np.empty_like(z)
+        for i in range(z.shape[0]):
+            s[i] = fast_sigmoid(z[i])
+            t[i] = fast_tanh(z[i])
+        return s, t
+
+    mpmath = pytest.importorskip("mpmath")
+    rng = np.random.default_rng(12)
+    z = np.concatenate([
+        rng.standard_normal(3000) * 3,
+        np.linspace(-25, 25, 2001),
+        rng.choice([-1, 1], 1000) * 10.0 ** rng.uniform(-300, 0, 1000),  # tiny: tanh(z) ~ z
+        np.arange(-60, 61) * np.log(2) / 2,  # the reduction's boundaries, k ln2 / 2
+    ])
+    s, t = both(z)
+    assert _ulps_from_mpmath(t, z, mpmath.tanh, mpmath) <= 2.0
+    assert _ulps_from_mpmath(s, z, lambda m: 1 / (1 + mpmath.exp(-m)), mpmath) <= 2.0
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 5e-324, 700.0, -707.5, -709.0, -1e4])
+    s, t = both(special)
+    np.testing.assert_array_equal(t[:4], [0.0, -0.0, 1.0, -1.0])
+    assert np.signbit(t[1]) and np.isnan(t[4]) and np.isnan(s[4]) and t[5] == 5e-324
+    np.testing.assert_array_equal(s[[0, 2, 3, 6, 9]], [0.5, 1.0, 0.0, 1.0, 0.0])
+    np.testing.assert_allclose(s[7], np.exp(-707.5), rtol=4e-16)
+    assert 0 <= s[8] <= np.exp(-708)  # exp(-709) is flushed to zero: an error below 1e-307
+    assert np.all(np.diff(both(np.linspace(-30, 30, 100_001))[1]) >= 0)  # monotone
+
+
 @pytest.mark.parametrize("case", sorted(CELLS))
 def test_float32_agrees_with_float64(case):
     rng = np.random.default_rng(7)
