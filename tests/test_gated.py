@@ -532,7 +532,7 @@ def test_load_state_dict_names_the_gate_count():
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("batch, hidden, parts", [(1, 13, 2), (3, 8, 3), (2, 5, 1)])
+@pytest.mark.parametrize("batch, hidden, parts", [(1, 13, 2), (3, 8, 3), (2, 5, 1), (5, 9, 2)])
 def test_lstm_unit_split_kernels_are_bitwise_the_batch_chunked_ones(reverse, batch, hidden,
                                                                     parts):
     """Small batches split the hidden units over threads: the same sums in the same order."""
@@ -585,6 +585,26 @@ def test_lstm_layer_picks_the_unit_split_for_a_small_batch(monkeypatch):
     if numba.get_num_threads() < 2:
         pytest.skip("one thread: the unit split never applies")
     assert lstm_kernels.unit_parts(1, 32) >= 2
+    split = net.backward(x, d_out)
+    for name in chunked:
+        np.testing.assert_array_equal(chunked[name], split[name])
+
+
+def test_lstm_forward_picks_the_unit_split_for_a_large_w_hh(monkeypatch):
+    """At B >= threads the forward recurrence splits units when W_hh is large (by bytes);
+    the backward one stays batch-chunked; the results are unchanged."""
+    if numba.get_num_threads() < 2:
+        pytest.skip("one thread: the unit split never applies")
+    net = rnnlab.LSTM(3, 32, dtype=np.float64, seed=2)
+    rng = np.random.default_rng(6)
+    x, d_out = rng.standard_normal((9, 5, 3)), rng.standard_normal((9, 5, 32))
+    assert lstm_kernels.unit_parts(5, 32, 8, forward=True) == 0
+    assert lstm_kernels.unit_parts(8, 256, 4, forward=True) >= 2  # 1 MB of float32 W_hh
+    assert lstm_kernels.unit_parts(8, 256, 4) == 0
+    chunked = net.backward(x, d_out)
+    monkeypatch.setattr(lstm_kernels, "UNIT_SPLIT_BYTES", 0)
+    assert lstm_kernels.unit_parts(5, 32, 8, forward=True) >= 2
+    assert lstm_kernels.unit_parts(5, 32, 8) == 0
     split = net.backward(x, d_out)
     for name in chunked:
         np.testing.assert_array_equal(chunked[name], split[name])

@@ -246,29 +246,52 @@ def lstm_recurrence_backward(w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reve
 
 # ---------------------------------------------------------------- small batch, large H
 # With fewer sequences than threads, batch chunks leave cores idle, and every step streams all of
-# W_hh (4H x H: 1 MB in float32 at H = 256, more than a core's L2) through one core. The
+# W_hh (4H x H: 1 MB in float32 at H = 256, as large as a core's L2 here) through one core. The
 # variants below split the *hidden units* over the threads instead, one parallel region a step:
-# each thread touches only its units' columns of W_hh (which stay in its own cache). Every sum
-# runs in the same order as in the batch-chunked kernels, so the results are bitwise the same.
+# each thread touches only its units' columns of W_hh (which stay in its own cache), for all the
+# rows of the batch at once. Every sum runs in the same order as in the batch-chunked kernels, so
+# the results are bitwise the same, and forward and backward may choose differently.
 
 #: Multiply-adds a step (4H * H * B) from which a small batch runs on unit-split kernels: where
 #: W_hh outgrows a core's cache. Measured on 2 cores (float32, T = 1000, B = 1, forward + BPTT):
-#: H = 256 42 -> 33 ms; H = 128 10.9 ms batch-chunked against 12.2 split; at B >= threads
-#: (B = 8, H = 256) batch chunks stay faster.
+#: H = 256 42 -> 33 ms; H = 128 10.9 ms batch-chunked against 12.2 split.
 UNIT_SPLIT_WORK = 1 << 18
+#: At B >= threads the *forward* recurrence splits units too when W_hh has at least this many
+#: bytes, or a quarter of it and B times it has UNIT_SPLIT_BATCH_BYTES: batch chunks then stream
+#: all of W_hh through every core each step (measured, 2 cores, T = 1000, forward recurrence:
+#: float32 (8, 256) 44 -> 34 ms, (8, 512) 176 -> 132, (32, 128) 52 -> 42, float64 (8, 256)
+#: 128 -> 105; no gain at float32 (8, 128), (8, 192), (128, 64)). The backward recurrence stays
+#: batch-chunked there (measured slower split: float32 (8, 256) 34 -> 49 ms).
+UNIT_SPLIT_BYTES = 1 << 20
+UNIT_SPLIT_BATCH_BYTES = 1 << 23
 
 
-def unit_parts(batch, hidden):
+def unit_parts(batch, hidden, itemsize=4, forward=False):
     """Thread count for the unit-split kernels (0: use the batch-chunked ones).
 
     Unit splitting pays when the batch leaves threads idle and ``W_hh`` is too large for one
-    core's cache (see :data:`UNIT_SPLIT_WORK`); a parallel region a step costs about 1 us.
+    core's cache (see :data:`UNIT_SPLIT_WORK`), and in the forward pass when ``W_hh`` is large
+    whatever the batch (:data:`UNIT_SPLIT_BYTES`); a parallel region a step costs about 1 us.
+
+    Parameters
+    ----------
+    batch, hidden : int
+    itemsize : int, optional
+        Bytes per weight (4 or 8).
+    forward : bool, optional
+        For the forward recurrence (else the backward one).
     """
     threads = numba.get_num_threads()
     parts = min(threads, hidden // 16)  # at least 16 units (4 x 16 columns) a thread
-    if parts < 2 or batch >= threads or GATES * hidden * hidden * batch < UNIT_SPLIT_WORK:
+    if parts < 2:
         return 0
-    return parts
+    if batch < threads:
+        return parts if GATES * hidden * hidden * batch >= UNIT_SPLIT_WORK else 0
+    w_bytes = GATES * hidden * hidden * itemsize
+    if forward and (w_bytes >= UNIT_SPLIT_BYTES or (
+            4 * w_bytes >= UNIT_SPLIT_BYTES and batch * w_bytes >= UNIT_SPLIT_BATCH_BYTES)):
+        return parts
+    return 0
 
 
 def _part_bounds(p, n_parts, hid):
@@ -304,25 +327,6 @@ def pack_unit_parts(w_hh, n_parts):
     return w_rows, w_cols
 
 
-@njit(cache=True, error_model="numpy")
-def _accumulate_rows(x, a, w, n_inner):
-    """``x += a[:n_inner] @ w[:n_inner]`` for one row ``x``: rows of ``w`` four at a time, each
-    entry summed in the order ``j = 0, 1, 2, ...`` (as :func:`accumulate_product`)."""
-    j = 0
-    while j + 4 <= n_inner:
-        a0, a1, a2, a3 = a[j], a[j + 1], a[j + 2], a[j + 3]
-        w0, w1, w2, w3 = w[j], w[j + 1], w[j + 2], w[j + 3]
-        for k in range(x.shape[0]):
-            x[k] = x[k] + a0 * w0[k] + a1 * w1[k] + a2 * w2[k] + a3 * w3[k]
-        j += 4
-    while j < n_inner:
-        a0 = a[j]
-        w0 = w[j]
-        for k in range(x.shape[0]):
-            x[k] = x[k] + a0 * w0[k]
-        j += 1
-
-
 @njit(cache=True, parallel=True, error_model="numpy")
 def lstm_recurrence_units(w_rows, bias, h0, c0, reverse, gates, cells, hidden, n_parts):
     """:func:`lstm_recurrence` with the hidden units split over ``n_parts`` threads.
@@ -334,7 +338,7 @@ def lstm_recurrence_units(w_rows, bias, h0, c0, reverse, gates, cells, hidden, n
     """
     n_steps, batch, hid = hidden.shape
     units = w_rows.shape[2] // GATES
-    acc = np.zeros((n_parts, GATES * units), dtype=gates.dtype)
+    acc = np.zeros((n_parts, batch, GATES * units), dtype=gates.dtype)
     for s in range(n_steps):
         t = n_steps - 1 - s if reverse else s
         tp = t + 1 if reverse else t - 1
@@ -348,17 +352,20 @@ def lstm_recurrence_units(w_rows, bias, h0, c0, reverse, gates, cells, hidden, n
                 z_b = gates[t, b]
                 for g in range(GATES):
                     # slices: loops from 0 vectorise (no negative-index checks)
-                    a_g = a_p[g * units:g * units + n]
+                    a_g = a_p[b, g * units:g * units + n]
                     z_g = z_b[g * hid + i0:g * hid + i0 + n]
                     b_g = bias[g * hid + i0:g * hid + i0 + n]
                     for u in range(n):
                         a_g[u] = z_g[u] + b_g[u]
-                # j ascending, four at a time, as accumulate_product: the same sums, bit for bit
-                _accumulate_rows(a_p, h_prev[b], w_rows[p], hid)
-                a_i = a_p[0:n]
-                a_f = a_p[units:units + n]
-                a_g = a_p[2 * units:2 * units + n]
-                a_o = a_p[3 * units:3 * units + n]
+            # all rows at once (each load of W serves two): the sums of lstm_recurrence, bit
+            # for bit
+            accumulate_product(a_p, 0, h_prev, 0, 0, w_rows[p], 0, hid, batch)
+            for b in range(batch):
+                z_b = gates[t, b]
+                a_i = a_p[b, 0:n]
+                a_f = a_p[b, units:units + n]
+                a_g = a_p[b, 2 * units:2 * units + n]
+                a_o = a_p[b, 3 * units:3 * units + n]
                 z_i = z_b[i0:i0 + n]
                 z_f = z_b[hid + i0:hid + i0 + n]
                 z_g = z_b[2 * hid + i0:2 * hid + i0 + n]
@@ -397,7 +404,7 @@ def lstm_recurrence_backward_units(w_cols, h0, c0, gates, cells, d_out, dh_n, dc
     one = one_like(gates[0, 0, 0])
     zero = one - one
     dc = np.empty((batch, hid), dtype=gates.dtype)
-    acc = np.zeros((n_parts, units), dtype=gates.dtype)
+    acc = np.zeros((n_parts, batch, units), dtype=gates.dtype)
     for b in range(batch):
         for i in range(hid):
             dc[b, i] = dc_n[b, i]
@@ -408,16 +415,17 @@ def lstm_recurrence_backward_units(w_cols, h0, c0, gates, cells, d_out, dh_n, dc
         for p in prange(n_parts):
             i0 = p * hid // n_parts
             n = (p + 1) * hid // n_parts - i0
-            a_p = acc[p]
-            for b in range(batch):
-                if s == n_steps - 1:
+            acc_p = acc[p]
+            if s == n_steps - 1:
+                for b in range(batch):
                     for u in range(n):
-                        a_p[u] = dh_n[b, i0 + u]
-                else:
-                    # dh<t> = dz<t+1> W_hh, k ascending as accumulate_product
-                    for u in range(units):
-                        a_p[u] = zero
-                    _accumulate_rows(a_p, dz[t_next, b], w_cols[p], width)
+                        acc_p[b, u] = dh_n[b, i0 + u]
+            else:
+                # dh<t> = dz<t+1> W_hh for all rows at once, as lstm_recurrence_backward
+                acc_p[:, :] = zero
+                accumulate_product(acc_p, 0, dz[t_next], 0, 0, w_cols[p], 0, width, batch)
+            for b in range(batch):
+                a_p = acc_p[b]
                 # slices of this part's units: loops from 0 vectorise
                 g_i = gates[t, b, i0:i0 + n]
                 g_f = gates[t, b, hid + i0:hid + i0 + n]
@@ -466,13 +474,12 @@ def lstm_recurrence_backward_units(w_cols, h0, c0, gates, cells, d_out, dh_n, dc
     for p in prange(n_parts):
         i0 = p * hid // n_parts
         n = (p + 1) * hid // n_parts - i0
-        a_p = acc[p]
+        acc_p = acc[p]
+        acc_p[:, :] = zero
+        accumulate_product(acc_p, 0, dz[t], 0, 0, w_cols[p], 0, width, batch)
         for b in range(batch):
-            for u in range(units):
-                a_p[u] = zero
-            _accumulate_rows(a_p, dz[t, b], w_cols[p], width)
             for u in range(n):
-                dh0[b, i0 + u] = a_p[u]
+                dh0[b, i0 + u] = acc_p[b, u]
                 dc0[b, i0 + u] = dc[b, i0 + u]
 
 
@@ -514,7 +521,7 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, h0, c0, reverse=False, alloc=np.empt
         bias = np.zeros(width, dtype=x.dtype)
     cells = alloc((n_steps, batch, hid), x.dtype)
     hidden = np.empty((n_steps, batch, hid), dtype=x.dtype)
-    parts = unit_parts(batch, hid)
+    parts = unit_parts(batch, hid, x.dtype.itemsize, forward=True)
     if parts:
         lstm_recurrence_units(pack_unit_parts(w_hh, parts)[0], bias, h0, c0, reverse, gates,
                               cells, hidden, parts)
@@ -560,7 +567,7 @@ def lstm_layer_backward(x, w_ih, w_hh, h0, c0, states, d_out, dh_n, dc_n, revers
     d_hidden = np.empty((n_steps if hidden_grads else 0,) + hidden.shape[1:], dtype=x.dtype)
     d_cell = np.empty_like(d_hidden)
     db_rows = np.zeros((batch, width), dtype=np.float64)
-    parts = unit_parts(batch, hidden.shape[2])
+    parts = unit_parts(batch, hidden.shape[2], x.dtype.itemsize)
     if parts:
         lstm_recurrence_backward_units(pack_unit_parts(w_hh, parts)[1], h0, c0, gates, cells,
                                        d_out, dh_n, dc_n, reverse, dz, dh0, dc0, db_rows,
