@@ -265,6 +265,8 @@ def main(argv=None):
     else:
         import pyarrow  # noqa: F401  (fail now, not after the first hour of timings)
 
+        bench_rnn.import_rnnlab_first()
+
         if not args.no_jax and "float64" in args.dtypes:
             import jax
 

@@ -668,6 +668,22 @@ def environment_summary(args):
             f"median of {args.repeats}")
 
 
+def import_rnnlab_first():
+    """Import rnnlab before PyTorch and JAX.
+
+    PyTorch loads GNU libgomp, and Numba's OpenMP thread pool then shares that copy, which
+    reads ``GOMP_SPINCOUNT`` once, when it loads. rnnlab sets that variable (unless the user
+    did) to 10,000 instead of libgomp's 300,000, so the order decides the spin count of the
+    one OpenMP runtime that both PyTorch and Numba use. Measured here (2 cores, PyTorch 2.13,
+    float32, fwd+BPTT, T = 1000): PyTorch alone did not depend on it (LSTM (B, H) = (1, 256):
+    29.7-40.1 ms with the default, 30.0-39.2 ms with 10,000, three processes each: the spread
+    is between processes, not settings); rnnlab's LSTM there took 43-45 ms with the default
+    and 33-35 ms with 10,000 while its large products ran on a Python thread pool, and no
+    longer depends on it since they run on Numba's own threads (``kernels/cpu/blas.py``).
+    """
+    import rnnlab  # noqa: F401
+
+
 def main(argv=None):
     """Run the benchmark; returns the process exit status."""
     args = parse_args(argv)
@@ -675,6 +691,7 @@ def main(argv=None):
         cache_dir = tempfile.mkdtemp(prefix="rnnlab-numba-cache-")
         atexit.register(shutil.rmtree, cache_dir, ignore_errors=True)
         os.environ["NUMBA_CACHE_DIR"] = cache_dir
+    import_rnnlab_first()
     if not args.no_jax and args.dtype == "float64":
         import jax
 

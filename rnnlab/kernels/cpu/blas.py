@@ -1,31 +1,35 @@
 """Large matrix products on the CPU: the products over all T*B rows that bracket every
 recurrence (input projections before it, input and weight gradients after it), run as
-single-threaded BLAS calls on fixed row blocks spread over a small thread pool.
+single-threaded BLAS calls on fixed blocks spread over Numba's own threads.
 
 The CPU twin of :mod:`rnnlab.kernels.cuda.blas` (where the same products are tiled device GEMMs).
 Used by the vanilla, LSTM and GRU layer wrappers; :func:`accumulate_product` is the small
 per-step product inside their compiled recurrences.
 """
 
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
+import llvmlite.binding as ll
 import numba
 import numpy as np
-from numba import njit
+from numba import njit, prange, types
+from numba.extending import get_cython_function_address
 
 from ..._blas import blas_threads_for
 
 # ----------------------------------------------------------------------- large matrix products
-# The products over all T*B rows (input projection, input and weight gradients) run as
-# single-threaded BLAS calls on fixed row blocks, spread over this thread and a small pool.
-# OpenBLAS's own threads spin for a while after each call and then compete with the
-# recurrence's threads (measured here, 2 cores, T = 1000, B = 16, H = 256: the LSTM recurrence
-# ran 40 % slower right after a two-thread product); pool threads sleep instead. The blocks
-# depend on the shapes only, and each output block is one BLAS call over the whole reduction,
-# so results do not depend on the number of threads (with OpenBLAS they are even the bits of a
-# single call for the whole product, which OpenBLAS's own threading does not always give).
+# The products over all T*B rows (input projection, input and weight gradients) are lists of
+# GEMMs on fixed blocks, run by one compiled loop on Numba's threads, each block one
+# single-threaded call of the Fortran BLAS that SciPy exports (the same library Numba's np.dot
+# calls). Why Numba's threads, not BLAS's or a Python pool: whatever runs the products right
+# after a recurrence competes with Numba's OpenMP workers, which spin for a while after each
+# parallel region (GOMP_SPINCOUNT; rnnlab lowers it, but only if libgomp was not loaded before
+# rnnlab, as `import torch` does). Measured here (2 cores, LSTM float32, T = 1000, B = 1,
+# H = 256, fwd+BPTT): 33-35 ms, but 43-45 ms when torch was imported first and the products
+# ran on a Python thread pool; the workers themselves running the products do not compete.
+# The blocks depend on the shapes only, and each output block is one BLAS call over the whole
+# reduction (or a fixed-order sum of partial products), so results do not depend on the
+# number of threads.
 
 #: Multiply-adds per block (fewer blocks for smaller products), and the most blocks: each
 #: block repacks the whole right-hand factor (for a weight gradient, all T*B rows of x or h),
@@ -33,31 +37,42 @@ from ..._blas import blas_threads_for
 BLOCK_WORK = 1 << 22
 MAX_BLOCKS = 4
 #: Below this many multiply-adds in all, products run one after the other on this thread:
-#: handing work to another thread costs more than it saves (measured: T = 1000, B = 1, H = 64),
-#: not least because Numba's OpenMP workers are still spinning from the last recurrence.
+#: handing work to another thread costs more than it saves (measured: T = 1000, B = 1, H = 64).
 PARALLEL_WORK = 1 << 26
 
-_pool = None
-_pool_lock = threading.Lock()
+# The Fortran GEMMs, bound by symbol name so that cached kernels link to them in a new process
+# (bound on first use: importing scipy.linalg costs 0.1 s). Every argument is a pointer; they
+# are declared as integers (addresses), the same registers.
+_bound = False
 
 
-def _executor():
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=max(1, numba.config.NUMBA_NUM_THREADS - 1),
-                                       thread_name_prefix="rnnlab-blas")
-        return _pool
+def _bind_gemm():
+    global _bound
+    if not _bound:
+        for name in ("sgemm", "dgemm"):
+            ll.add_symbol("rnnlab_" + name,
+                          get_cython_function_address("scipy.linalg.cython_blas", name))
+        _bound = True
 
 
-def _forget_pool_after_fork():
-    # a forked child has none of the parent's threads: it starts its own pool when needed
-    global _pool, _pool_lock
-    _pool = None
-    _pool_lock = threading.Lock()
+_sgemm = types.ExternalFunction("rnnlab_sgemm", types.void(*([types.intp] * 13)))
+_dgemm = types.ExternalFunction("rnnlab_dgemm", types.void(*([types.intp] * 13)))
+_N, _T = ord("N"), ord("T")
+#: Columns of a GEMM's integer descriptor (see :func:`_describe`).
+_OP_B, _OP_A, _M, _N_COLS, _K, _LD_B, _LD_A, _LD_C, _BETA, _PTR_B, _PTR_A, _PTR_C = range(12)
 
 
-os.register_at_fork(after_in_child=_forget_pool_after_fork)
+class Gemm(NamedTuple):
+    """``out = a @ b`` (``accumulate=False``) or ``out += a @ b``: one block of a product task.
+
+    ``a`` and ``b`` may be any views with one unit stride (transposed, row or column slices);
+    ``out`` has C-contiguous rows.
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    out: np.ndarray
+    accumulate: bool = False
 
 
 class AfterAll:
@@ -71,39 +86,122 @@ class AfterAll:
         self.fn()
 
 
-def run_products(tasks, work):
-    """Run independent products (zero-argument callables writing disjoint outputs) in parallel.
+def _operand(x):
+    """``(op, ld, x)`` of a factor for the column-major call computing ``out^T = b^T a^T``:
+    a row-major factor is its own transpose in column-major order (``op = 'N'``), a
+    column-major one is passed transposed; any other layout is copied."""
+    rows, cols = x.shape
+    s0, s1 = (s // x.itemsize for s in x.strides)
+    if (s1 == 1 or cols == 1) and (rows == 1 or s0 >= cols):
+        return _N, s0 if rows > 1 else cols, x
+    if (s0 == 1 or rows == 1) and (cols == 1 or s1 >= rows):
+        return _T, s1 if cols > 1 else rows, x
+    return _N, cols, np.ascontiguousarray(x)  # reversed or strided both ways
 
-    They are dealt round-robin to ``numba.get_num_threads()`` threads, this one included, with
-    BLAS limited to one thread; below :data:`PARALLEL_WORK` they run here, one after the other.
-    :class:`AfterAll` tasks run last, here, in order.
+
+def _describe(gemm, keep):
+    """The integer descriptor of one :class:`Gemm` (``None`` if there is nothing to compute);
+    arrays whose addresses it holds are appended to ``keep``."""
+    a, b, out, accumulate = gemm
+    m, k = a.shape
+    n = b.shape[1]
+    if b.shape[0] != k or out.shape != (m, n) or out.dtype != a.dtype or b.dtype != a.dtype:
+        raise ValueError(f"GEMM shapes or dtypes do not match: {a.shape} {a.dtype} @ "
+                         f"{b.shape} {b.dtype} -> {out.shape} {out.dtype}")
+    if m == 0 or n == 0:
+        return None
+    if k == 0:
+        if not accumulate:
+            out[...] = 0
+        return None
+    ld_c = out.strides[0] // out.itemsize if m > 1 else n
+    if (out.strides[1] != out.itemsize and n > 1) or ld_c < n:
+        raise ValueError("GEMM output must have contiguous rows")
+    op_a, ld_a, a = _operand(a)
+    op_b, ld_b, b = _operand(b)
+    keep += (a, b, out)
+    return (op_b, op_a, n, m, k, ld_b, ld_a, ld_c, int(accumulate),
+            b.ctypes.data, a.ctypes.data, out.ctypes.data)
+
+
+@njit(cache=True)
+def _run_gemm(d, i, double, chars, dims, scalars32, scalars64):
+    # One Fortran GEMM from row i of the descriptor table d, with its scalar arguments passed
+    # through this thread's small arrays.
+    chars[0], chars[1] = d[i, _OP_B], d[i, _OP_A]
+    dims[0], dims[1], dims[2] = d[i, _M], d[i, _N_COLS], d[i, _K]
+    dims[3], dims[4], dims[5] = d[i, _LD_B], d[i, _LD_A], d[i, _LD_C]
+    c, p = chars.ctypes.data, dims.ctypes.data
+    if double:
+        scalars64[0], scalars64[1] = 1.0, d[i, _BETA]
+        s = scalars64.ctypes.data
+        _dgemm(c, c + 1, p, p + 4, p + 8, s, d[i, _PTR_B], p + 12, d[i, _PTR_A], p + 16,
+               s + 8, d[i, _PTR_C], p + 20)
+    else:
+        scalars32[0], scalars32[1] = 1.0, d[i, _BETA]
+        s = scalars32.ctypes.data
+        _sgemm(c, c + 1, p, p + 4, p + 8, s, d[i, _PTR_B], p + 12, d[i, _PTR_A], p + 16,
+               s + 4, d[i, _PTR_C], p + 20)
+
+
+@njit(cache=True)
+def _run_tasks(d, starts, first, step, double):
+    # Tasks first, first + step, ...; task k is rows starts[k]:starts[k + 1] of d, in order.
+    chars = np.empty(2, np.uint8)
+    dims = np.empty(6, np.int32)
+    scalars32 = np.empty(2, np.float32)
+    scalars64 = np.empty(2, np.float64)
+    for k in range(first, starts.shape[0] - 1, step):
+        for i in range(starts[k], starts[k + 1]):
+            _run_gemm(d, i, double, chars, dims, scalars32, scalars64)
+
+
+@njit(cache=True, parallel=True)
+def _run_tasks_parallel(d, starts, n_threads, double):
+    for t in prange(n_threads):  # one iteration per thread: tasks dealt round-robin
+        _run_tasks(d, starts, t, n_threads, double)
+
+
+def run_products(tasks, work):
+    """Run independent product tasks (lists of :class:`Gemm` writing disjoint outputs).
+
+    The tasks are dealt round-robin to ``numba.get_num_threads()`` of Numba's threads, with BLAS
+    limited to one thread per call; below :data:`PARALLEL_WORK` multiply-adds they run on this
+    thread, one after the other. :class:`AfterAll` tasks run last, here, in order.
 
     Parameters
     ----------
-    tasks : list of callable
+    tasks : list of (list of Gemm or AfterAll)
     work : int
         Multiply-adds of all the tasks together.
     """
     finals = [task for task in tasks if isinstance(task, AfterAll)]
-    tasks = [task for task in tasks if not isinstance(task, AfterAll)]
-    n_threads = min(len(tasks), numba.get_num_threads())
-    with blas_threads_for(0):
-        if n_threads <= 1 or work < PARALLEL_WORK:
-            for task in tasks:
-                task()
-        else:
-            def run(k):
-                for task in tasks[k::n_threads]:
-                    task()
-
-            futures = [_executor().submit(run, k) for k in range(1, n_threads)]
-            try:
-                run(0)
-            finally:
-                for future in futures:
-                    future.result()
-        for task in finals:
-            task()
+    rows, starts, keep, dtypes = [], [0], [], set()
+    for task in tasks:
+        if isinstance(task, AfterAll):
+            continue
+        for gemm in task:
+            dtypes.add(gemm.out.dtype)
+            row = _describe(gemm, keep)
+            if row is not None:
+                rows.append(row)
+        starts.append(len(rows))
+    if rows:
+        if len(dtypes) != 1 or next(iter(dtypes)) not in (np.float32, np.float64):
+            raise TypeError(f"products must be all float32 or all float64, got {dtypes}")
+        d = np.array(rows, dtype=np.int64)
+        starts = np.array(starts, dtype=np.int64)
+        double = next(iter(dtypes)) == np.float64
+        n_threads = min(len(starts) - 1, numba.get_num_threads())
+        _bind_gemm()
+        with blas_threads_for(0):
+            if n_threads <= 1 or work < PARALLEL_WORK:
+                _run_tasks(d, starts, 0, 1, double)
+            else:
+                _run_tasks_parallel(d, starts, n_threads, double)
+    del keep
+    for task in finals:
+        task()
 
 
 def _ranges(n, count):
@@ -155,7 +253,8 @@ def matmul_tasks(a, b, out):
 
     Returns
     -------
-    list of callable
+    list
+        Tasks for :func:`run_products`.
     """
     m, n_inner = a.shape
     work = m * n_inner * b.shape[1]
@@ -163,15 +262,9 @@ def matmul_tasks(a, b, out):
     if _split_reduction(m, n_inner, count):
         parts, add = _partial_sums(out, count)
 
-        def part_task(c, k0, k1):
-            return lambda: np.matmul(a[:, k0:k1], b[k0:k1], out=parts[c])
-
-        return [part_task(c, k0, k1) for c, (k0, k1) in enumerate(_ranges(n_inner, count))] + [add]
-
-    def task(r0, r1):
-        return lambda: np.matmul(a[r0:r1], b, out=out[r0:r1])
-
-    return [task(r0, r1) for r0, r1 in _blocks(m, work)]
+        return [[Gemm(a[:, k0:k1], b[k0:k1], parts[c])]
+                for c, (k0, k1) in enumerate(_ranges(n_inner, count))] + [add]
+    return [[Gemm(a[r0:r1], b, out[r0:r1])] for r0, r1 in _blocks(m, work)]
 
 
 def prev_state_tasks(dz, hidden, h0, reverse, out):
@@ -195,7 +288,8 @@ def prev_state_tasks(dz, hidden, h0, reverse, out):
 
     Returns
     -------
-    list of callable
+    list
+        Tasks for :func:`run_products`.
     """
     n_steps, batch, width = dz.shape
     hid = hidden.shape[2]
@@ -210,23 +304,13 @@ def prev_state_tasks(dz, hidden, h0, reverse, out):
     if n_rest and _split_reduction(width, n_rest, count):
         parts, add = _partial_sums(out, count)
 
-        def part_task(c, k0, k1):
-            def run():
-                np.matmul(dz_rest[:, k0:k1], h_prev[k0:k1], out=parts[c])
-                if c == 0:
-                    out[...] += dz_first @ h0
-            return run
-
-        return [part_task(c, k0, k1) for c, (k0, k1) in enumerate(_ranges(n_rest, count))] + [add]
-
-    def task(r0, r1):
-        def run():
-            np.matmul(dz_first[r0:r1], h0, out=out[r0:r1])
-            if n_steps > 1:
-                out[r0:r1] += dz_rest[r0:r1] @ h_prev
-        return run
-
-    return [task(r0, r1) for r0, r1 in _blocks(width, work)]
+        tasks = [[Gemm(dz_rest[:, k0:k1], h_prev[k0:k1], parts[c])]
+                 for c, (k0, k1) in enumerate(_ranges(n_rest, count))]
+        tasks[0].append(Gemm(dz_first, h0, out, accumulate=True))
+        return tasks + [add]
+    return [[Gemm(dz_first[r0:r1], h0, out[r0:r1])]
+            + ([Gemm(dz_rest[r0:r1], h_prev, out[r0:r1], accumulate=True)] if n_steps > 1 else [])
+            for r0, r1 in _blocks(width, work)]
 
 
 @njit(cache=True, error_model="numpy")

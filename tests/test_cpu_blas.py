@@ -1,0 +1,190 @@
+"""The CPU's large matrix products (kernels/cpu/blas.py) and the BLAS thread limit (_blas.py).
+
+The products are lists of GEMMs run by a compiled loop that calls SciPy's Fortran BLAS through
+raw pointers, so every layout the layers hand it (transposed views, row and column slices,
+accumulation, empty factors) is checked here against a float64 NumPy product.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numba
+import numpy as np
+import pytest
+import threadpoolctl
+
+from rnnlab import _blas
+from rnnlab.kernels.cpu import blas
+
+
+def views(x):
+    """The same matrix as C-ordered, Fortran-ordered and strided-slice views."""
+    rows, cols = x.shape
+    wide = np.zeros((rows, cols + 3), x.dtype)
+    wide[:, 1:cols + 1] = x
+    tall = np.zeros((cols + 2, rows), x.dtype)
+    tall[2:] = x.T
+    return {"C": x, "F": np.asfortranarray(x), "column slice": wide[:, 1:cols + 1],
+            "transposed slice": tall[2:].T, "reversed rows": np.ascontiguousarray(x[::-1])[::-1],
+            "every other column": np.repeat(x, 2, axis=1)[:, ::2]}
+
+
+@pytest.fixture(params=[0, 1 << 62], ids=["parallel", "serial"])
+def parallel_work(request, monkeypatch):
+    """Run the products on Numba's threads in small blocks, or on this thread."""
+    monkeypatch.setattr(blas, "PARALLEL_WORK", request.param)
+    monkeypatch.setattr(blas, "BLOCK_WORK", 64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, k, n", [(7, 5, 3), (1, 9, 4), (6, 1, 5), (9, 4, 1), (3, 200, 8),
+                                     (130, 17, 11)])
+def test_matmul_tasks_match_numpy_for_every_layout(dtype, m, k, n, parallel_work, rng):
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    for name_a, va in views(a).items():
+        for name_b, vb in views(b).items():
+            out = np.full((m, n), np.nan, dtype)
+            blas.run_products(blas.matmul_tasks(va, vb, out), m * n * k)
+            np.testing.assert_allclose(out, ref, rtol=tol, atol=tol * np.sqrt(k),
+                                       err_msg=f"a {name_a}, b {name_b}")
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("n_steps", [1, 2, 40])
+def test_prev_state_tasks_sum_dz_times_the_previous_state(reverse, n_steps, parallel_work, rng):
+    batch, hidden, width = 3, 6, 10
+    dz_all = rng.standard_normal((n_steps, batch, 2 * width))
+    dz = dz_all[:, :, 4:4 + width]  # a column slice, as the GRU passes
+    states = rng.standard_normal((n_steps, batch, hidden))
+    h0 = rng.standard_normal((batch, hidden))
+    prev = (np.concatenate([states[1:], h0[None]]) if reverse
+            else np.concatenate([h0[None], states[:-1]]))
+    out = np.full((width, hidden), np.nan)
+    blas.run_products(blas.prev_state_tasks(dz, states, h0, reverse, out), 0)
+    np.testing.assert_allclose(out, np.einsum("tbk,tbh->kh", dz, prev), rtol=1e-12, atol=1e-13)
+
+
+def test_split_reduction_partial_sums_are_exact_in_a_fixed_order(monkeypatch, rng):
+    """A weight gradient with few output rows is summed in blocks of the T*B reduction; the
+    partial sums are added in block order, whatever the number of threads."""
+    monkeypatch.setattr(blas, "BLOCK_WORK", 64)
+    monkeypatch.setattr(blas, "PARALLEL_WORK", 0)
+    a = rng.standard_normal((4, 3000))
+    b = rng.standard_normal((3000, 5))
+    tasks = blas.matmul_tasks(a, b, np.empty((4, 5)))
+    assert sum(isinstance(t, blas.AfterAll) for t in tasks) == 1 and len(tasks) == 5
+    out = np.empty((4, 5))
+    blas.run_products(blas.matmul_tasks(a, b, out), 0)
+    bounds = [(3000 * c // 4, 3000 * (c + 1) // 4) for c in range(4)]
+    expected = a[:, :750] @ b[:750]
+    for k0, k1 in bounds[1:]:
+        expected = expected + a[:, k0:k1] @ b[k0:k1]
+    np.testing.assert_allclose(out, expected, rtol=1e-14, atol=1e-13)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        one = np.empty((4, 5))
+        blas.run_products(blas.matmul_tasks(a, b, one), 0)
+    finally:
+        numba.set_num_threads(threads)
+    assert np.array_equal(one, out)
+
+
+def test_empty_products(parallel_work):
+    out = np.full((3, 4), 7.0)
+    blas.run_products(blas.matmul_tasks(np.empty((3, 0)), np.empty((0, 4)), out), 0)
+    assert np.array_equal(out, np.zeros((3, 4)))  # a sum of nothing
+    acc = np.full((3, 4), 7.0)
+    blas.run_products([[blas.Gemm(np.empty((3, 0)), np.empty((0, 4)), acc, True)]], 0)
+    assert np.array_equal(acc, np.full((3, 4), 7.0))
+    blas.run_products(blas.matmul_tasks(np.empty((0, 2)), np.ones((2, 4)), np.empty((0, 4))), 0)
+
+
+def test_accumulate_adds_to_the_output(parallel_work, rng):
+    a, b = rng.standard_normal((5, 4)), rng.standard_normal((4, 3))
+    out = rng.standard_normal((5, 3))
+    expected = out + a @ b
+    blas.run_products([[blas.Gemm(a, b, out, accumulate=True)]], 0)
+    np.testing.assert_allclose(out, expected, rtol=1e-14, atol=1e-14)
+
+
+def test_bad_products_are_refused_before_any_call():
+    with pytest.raises(ValueError, match="do not match"):
+        blas.run_products([[blas.Gemm(np.ones((2, 3)), np.ones((4, 2)), np.empty((2, 2)))]], 0)
+    with pytest.raises(ValueError, match="do not match"):
+        blas.run_products([[blas.Gemm(np.ones((2, 3), np.float32), np.ones((3, 2)),
+                                      np.empty((2, 2)))]], 0)
+    with pytest.raises(ValueError, match="contiguous rows"):
+        blas.run_products([[blas.Gemm(np.ones((2, 3)), np.ones((3, 2)),
+                                      np.empty((2, 4))[:, ::2])]], 0)
+    with pytest.raises(ValueError, match="contiguous rows"):
+        blas.run_products([[blas.Gemm(np.ones((2, 3)), np.ones((3, 2)),
+                                      np.empty((2, 2))[::-1])]], 0)
+    with pytest.raises(TypeError, match="float32 or all float64"):
+        blas.run_products([[blas.Gemm(np.ones((2, 3), int), np.ones((3, 2), int),
+                                      np.empty((2, 2), int))]], 0)
+
+
+def blas_thread_counts():
+    return [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+            if lib["user_api"] == "blas"]
+
+
+def test_blas_limit_nests_and_is_shared_by_threads():
+    before = blas_thread_counts()
+    with _blas.blas_threads_for(0):
+        assert set(blas_thread_counts()) == {1}
+        with _blas.blas_threads_for(0):
+            assert set(blas_thread_counts()) == {1}
+        assert set(blas_thread_counts()) == {1}  # the inner block does not restore
+    assert blas_thread_counts() == before
+    with _blas.blas_threads_for(_blas.SINGLE_THREAD_WORK):
+        assert blas_thread_counts() == before  # large work: the library's own threads
+
+    # two threads whose blocks overlap: limited until the last one leaves, then restored
+    entered, release, seen = threading.Barrier(2), threading.Event(), []
+
+    def worker(wait):
+        with _blas.blas_threads_for(0):
+            entered.wait()
+            if wait:
+                release.wait()
+            seen.append(set(blas_thread_counts()))
+
+    first = threading.Thread(target=worker, args=(True,))
+    second = threading.Thread(target=worker, args=(False,))
+    first.start()
+    second.start()
+    try:
+        second.join()
+        assert set(blas_thread_counts()) == {1}  # the first thread is still inside
+    finally:
+        release.set()
+        first.join()
+    assert seen == [{1}, {1}]
+    assert blas_thread_counts() == before
+
+
+def test_products_load_from_the_on_disk_cache_in_a_new_process(tmp_path):
+    """The compiled product loop links SciPy's GEMM by name, so a second process loads it
+    from the cache (and gets the same numbers)."""
+    code = textwrap.dedent("""
+        import numpy as np
+        from rnnlab.kernels.cpu import blas
+        a = np.arange(12.0).reshape(3, 4); b = np.arange(8.0).reshape(4, 2)
+        out = np.empty((3, 2))
+        blas.run_products(blas.matmul_tasks(a, b, out), 0)
+        assert np.array_equal(out, a @ b)
+        stats = blas._run_tasks.stats
+        print(len(stats.cache_hits), len(stats.cache_misses))
+    """)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                           text=True, check=True).stdout.split() for _ in range(2)]
+    assert runs[0] == ["0", "1"] and runs[1] == ["1", "0"]
