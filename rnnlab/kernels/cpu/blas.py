@@ -212,16 +212,14 @@ def _blocks(n_rows, work):
     return _ranges(n_rows, int(min(MAX_BLOCKS, max(1, work // BLOCK_WORK), n_rows)))
 
 
-#: Output rows per block below which a product whose reduction is the long side (a weight
-#: gradient, summed over T*B rows) is split along the reduction instead: every row block repacks
-#: the whole right-hand factor, which costs as much as the product when the blocks are thin
-#: (measured, 2 cores, float32, T = 1000, B = 128, H = 16: the three LSTM gradient products
-#: took 22 ms in 16-row blocks, 9 ms split along T*B).
-MIN_BLOCK_ROWS = 64
-
-
 def _split_reduction(m, n_inner, count):
-    return count > 1 and m // count < MIN_BLOCK_ROWS and n_inner >= count * m
+    # A product whose reduction is the long side (a weight gradient, summed over T*B rows) is
+    # split along the reduction: every row block would repack the whole right-hand factor.
+    # Measured (2 cores): float32, T = 1000, B = 128, H = 16, the three LSTM gradient
+    # products took 22 ms in 16-row blocks, 9 ms split; float32 LSTM dW_ih at B = 8, H = 256
+    # 26.6 -> 24.5 ms and at B = 128, H = 512 1430-1540 -> 1375-1400 ms; float64 at B = 32,
+    # H = 512 the same either way (692 / 702 ms).
+    return count > 1 and n_inner >= count * m
 
 
 def _partial_sums(out, count):
@@ -239,9 +237,9 @@ def _partial_sums(out, count):
 def matmul_tasks(a, b, out):
     """Tasks computing ``out = a @ b`` in blocks (see :func:`run_products`).
 
-    Blocks of rows of ``a``; or, when ``a`` has few rows and a long inner dimension (a weight
-    gradient), blocks of the inner dimension whose partial products are added in a fixed order
-    (:data:`MIN_BLOCK_ROWS`). The blocks depend on the shapes only.
+    Blocks of rows of ``a``; or, when the inner dimension is the long one (a weight gradient),
+    blocks of the inner dimension whose partial products are added in a fixed order. The
+    blocks depend on the shapes only.
 
     Parameters
     ----------
