@@ -23,6 +23,10 @@ _saved = []  # (library, its thread count before the outermost block)
 def _blas_libraries():
     global _libraries
     if _libraries is None:
+        # the BLAS the CPU kernels call (kernels/cpu/blas.py) must be loaded before the list
+        # is made, or it is never limited: called from Numba's threads with its own threads
+        # on, OpenBLAS warns "Detect OpenMP Loop and this application may hang"
+        import scipy.linalg.cython_blas  # noqa: F401
         from threadpoolctl import ThreadpoolController
 
         _libraries = [lib for lib in ThreadpoolController().lib_controllers

@@ -188,3 +188,32 @@ def test_products_load_from_the_on_disk_cache_in_a_new_process(tmp_path):
     runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                            text=True, check=True).stdout.split() for _ in range(2)]
     assert runs[0] == ["0", "1"] and runs[1] == ["1", "0"]
+
+
+def test_the_kernels_blas_is_limited_even_when_the_first_limit_came_before_it_loaded():
+    """The products call SciPy's BLAS from Numba's threads: it must run single-threaded there
+    even if the BLAS limit was first used before SciPy's BLAS was loaded (else OpenBLAS starts
+    its own threads inside the OpenMP region and, when it can see libgomp, warns that the
+    program may hang: seen in the benchmark, with PyTorch loaded)."""
+    code = textwrap.dedent("""
+        import sys
+        import numpy as np
+        from rnnlab import _blas
+        assert "scipy.linalg" not in sys.modules
+        with _blas.blas_threads_for(0):
+            pass
+        from rnnlab.kernels.cpu import blas
+        blas.PARALLEL_WORK, blas.BLOCK_WORK = 0, 1000
+        a, b = np.ones((400, 300)), np.ones((300, 200))
+        out = np.empty((400, 200))
+        blas.run_products(blas.matmul_tasks(a, b, out), 0)
+        assert np.array_equal(out, a @ b)
+        import threadpoolctl
+        loaded = {lib["filepath"] for lib in threadpoolctl.threadpool_info()
+                  if lib["user_api"] == "blas"}
+        assert loaded == {lib.filepath for lib in _blas._blas_libraries()}, loaded
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, NUMBA_NUM_THREADS="2"))
+    assert run.returncode == 0, run.stderr
+    assert "OpenBLAS" not in run.stderr, run.stderr
