@@ -217,3 +217,28 @@ def test_the_kernels_blas_is_limited_even_when_the_first_limit_came_before_it_lo
                          env=dict(os.environ, NUMBA_NUM_THREADS="2"))
     assert run.returncode == 0, run.stderr
     assert "OpenBLAS" not in run.stderr, run.stderr
+
+
+def test_scipys_blas_is_the_fallback_when_numpy_exports_no_gemm():
+    """NumPy's bundled ILP64 OpenBLAS is used where it exports the GEMMs (NumPy's wheels);
+    otherwise SciPy's LP64 one: both give the products NumPy gives."""
+    code = textwrap.dedent("""
+        import numpy as np
+        from rnnlab.kernels.cpu import blas
+        blas._numpy_gemm = lambda: None
+        rng = np.random.default_rng(0)
+        for dtype in (np.float32, np.float64):
+            a = rng.standard_normal((300, 70)).astype(dtype)
+            b = rng.standard_normal((70, 40)).astype(dtype)
+            for x in (a, np.asfortranarray(a)):
+                out = np.empty((300, 40), dtype)
+                blas.run_products(blas.matmul_tasks(x, b, out), 0)
+                ref = a.astype(np.float64) @ b.astype(np.float64)
+                assert np.allclose(out, ref, rtol=1e-4, atol=1e-4)
+        print(blas.gemm_source)
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["scipy"]
+    blas.run_products(blas.matmul_tasks(np.ones((2, 2)), np.ones((2, 2)), np.empty((2, 2))), 0)
+    assert blas.gemm_source in ("numpy", "scipy")
