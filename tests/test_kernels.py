@@ -138,7 +138,8 @@ def test_blas_step_recurrence_matches_the_compiled_loops(act, depth, reverse, mo
 
 
 def test_blas_steps_rule():
-    assert vanilla.blas_steps(128, 512, np.float32)
-    assert not vanilla.blas_steps(32, 256, np.float32)
-    assert vanilla.blas_steps(32, 256, np.float64)
+    assert vanilla.blas_steps(128, 512, np.float64)
+    assert vanilla.blas_steps(256, 512, np.float32)
+    assert not vanilla.blas_steps(128, 512, np.float32)
+    assert not vanilla.blas_steps(32, 256, np.float64)
     assert not vanilla.blas_steps(1, 1024, np.float64)

@@ -185,16 +185,19 @@ def rnn_layer_forward(x, w_ih, w_hh, bias, w_tr, b_tr, h0, act, reverse=False):
 
 
 # ------------------------------------------------------------------ large batch x hidden
-# When a step is itself a large matrix product (B x H by H x H), BLAS does it several times
-# faster than the compiled loops (blocking for the caches, every core on one product): the time
-# loop then runs in Python, one GEMM and one compiled elementwise pass a step (~20 us of
-# overhead a step, nothing next to the product).
+# When a step is itself a large matrix product (B x H by H x H), BLAS can do it faster than the
+# compiled loops (blocking for the caches, every core on one product): the time loop then runs
+# in Python, one GEMM and one compiled elementwise pass a step (~20 us of overhead a step).
+# Since the compiled step product serves two batch rows per load of W, that only pays for the
+# very largest steps.
 
 #: Bytes of multiply-adds a step (B * H * H * itemsize) from which the recurrence runs a BLAS
-#: product a step. Measured on 2 cores (T = 1000, forward + BPTT): float32 (64, 256) 500 -> 455
-#: ms, (128, 512) 4.25 -> 2.50 s, but (32, 256) 243 ms compiled against 276; float64 (32, 256)
-#: 603 -> 558 ms, but (8, 256) 148 ms compiled against 194.
-BLAS_STEP_BYTES = 1 << 24
+#: product a step. Measured on 2 cores (T = 1000, forward + BPTT, BLAS steps against compiled
+#: loops, two runs each): float32 (32, 512) 731-733 against 634-656 ms, (64, 256) 428-446
+#: against 361-379, (128, 256) 775-841 against 683-697, (128, 512) 2.53-2.90 against
+#: 2.35-2.45 s; float64 (32, 256) 428-513 against 340-364 ms, (64, 512) 2.58-2.64 against
+#: 2.50-2.68 s (even). The first round's loops lost from 2^24 bytes on.
+BLAS_STEP_BYTES = 1 << 28
 
 
 def blas_steps(batch, hidden, dtype):
