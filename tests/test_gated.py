@@ -213,24 +213,26 @@ def test_lstm_cell_jacobian_is_diag_f_with_zero_recurrent_weights():
 
 
 # --------------------------------------------------------------------- precision and kernels
-def test_fast_float32_activations_are_accurate():
-    @numba.njit
-    def both(z):
-        s = np.empty_like(z)
-        t = np.empty_like(z)
-        for i in range(z.shape[0]):
-            s[i] = fast_sigmoid(z[i])
-            t[i] = fast_tanh(z[i])
-        return s, t
+@numba.njit(error_model="numpy")
+def _fast_activations(z):
+    """``fast_sigmoid`` and ``fast_tanh`` of every entry of ``z``, compiled as the kernels are."""
+    s = np.empty_like(z)
+    t = np.empty_like(z)
+    for i in range(z.shape[0]):
+        s[i] = fast_sigmoid(z[i])
+        t[i] = fast_tanh(z[i])
+    return s, t
 
+
+def test_fast_float32_activations_are_accurate():
     z64 = np.linspace(-40, 40, 200_001)
-    s32, t32 = both(z64.astype(np.float32))
+    s32, t32 = _fast_activations(z64.astype(np.float32))
     assert s32.dtype == np.float32 and t32.dtype == np.float32
     z = z64.astype(np.float32).astype(np.float64)
     assert np.abs(s32 - _sigmoid(z)).max() < 2e-7
     assert np.abs(t32 - np.tanh(z)).max() < 4e-7  # Eigen's rational: 3 ulp near |tanh| = 1
     assert s32.min() >= 0 and s32.max() <= 1
-    s64, t64 = both(np.array([-800.0, -30.0, 0.0, 30.0, 800.0]))  # no overflow warning
+    s64, t64 = _fast_activations(np.array([-800.0, -30.0, 0.0, 30.0, 800.0]))  # no overflow warning
     np.testing.assert_allclose(s64, [0.0, _sigmoid(-30.0), 0.5, _sigmoid(30.0), 1.0],
                                rtol=1e-15, atol=0)
 
@@ -250,15 +252,6 @@ def _ulps_from_mpmath(values, points, exact, mpmath):
 def test_fast_float64_activations_are_accurate_to_a_few_ulp():
     """float64 tanh and sigmoid are polynomial (vectorisable) forms, not libm: within 2 ulp of
     the correctly rounded value (mpmath), with exact special values."""
-    @numba.njit(error_model="numpy")
-    def both(z):
-        s = np.empty_like(z)
-        t = np.empty_like(z)
-        for i in range(z.shape[0]):
-            s[i] = fast_sigmoid(z[i])
-            t[i] = fast_tanh(z[i])
-        return s, t
-
     mpmath = pytest.importorskip("mpmath")
     rng = np.random.default_rng(12)
     z = np.concatenate([
@@ -267,17 +260,17 @@ def test_fast_float64_activations_are_accurate_to_a_few_ulp():
         rng.choice([-1, 1], 1000) * 10.0 ** rng.uniform(-300, 0, 1000),  # tiny: tanh(z) ~ z
         np.arange(-60, 61) * np.log(2) / 2,  # the reduction's boundaries, k ln2 / 2
     ])
-    s, t = both(z)
+    s, t = _fast_activations(z)
     assert _ulps_from_mpmath(t, z, mpmath.tanh, mpmath) <= 2.0
     assert _ulps_from_mpmath(s, z, lambda m: 1 / (1 + mpmath.exp(-m)), mpmath) <= 2.0
     special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 5e-324, 700.0, -707.5, -709.0, -1e4])
-    s, t = both(special)
+    s, t = _fast_activations(special)
     np.testing.assert_array_equal(t[:4], [0.0, -0.0, 1.0, -1.0])
     assert np.signbit(t[1]) and np.isnan(t[4]) and np.isnan(s[4]) and t[5] == 5e-324
     np.testing.assert_array_equal(s[[0, 2, 3, 6, 9]], [0.5, 1.0, 0.0, 1.0, 0.0])
     np.testing.assert_allclose(s[7], np.exp(-707.5), rtol=4e-16)
     assert 0 <= s[8] <= np.exp(-708)  # exp(-709) is flushed to zero: an error below 1e-307
-    assert np.all(np.diff(both(np.linspace(-30, 30, 100_001))[1]) >= 0)  # monotone
+    assert np.all(np.diff(_fast_activations(np.linspace(-30, 30, 100_001))[1]) >= 0)  # monotone
 
 
 @pytest.mark.parametrize("case", sorted(CELLS))
