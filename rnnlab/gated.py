@@ -202,12 +202,12 @@ class LSTM(RecurrentLayer):
             reverse=bool(direction), **self._kernel_kwargs(alloc))
 
     def _layer_backward(self, layer, direction, layer_in, states, init, d_out, d_final, grads,
-                        return_hidden_grads, alloc):
+                        return_hidden_grads, alloc, consume=False):
         sfx, p = _suffix(layer, direction), self._params
         g = self._kernels("lstm").lstm_layer_backward(
             layer_in, p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], init[0], init[1], states, d_out,
             d_final[0], d_final[1], reverse=bool(direction), hidden_grads=return_hidden_grads,
-            **self._kernel_kwargs(alloc))
+            **self._kernel_kwargs(alloc, overwrite_states=consume))
         grads[f"weight_ih{sfx}"] = g["weight_ih"]
         grads[f"weight_hh{sfx}"] = g["weight_hh"]
         if self.bias:
@@ -264,7 +264,7 @@ class GRU(RecurrentLayer):
             reverse=bool(direction), **self._kernel_kwargs(alloc))
 
     def _layer_backward(self, layer, direction, layer_in, states, init, d_out, d_final, grads,
-                        return_hidden_grads, alloc):
+                        return_hidden_grads, alloc, consume=False):
         sfx, p = _suffix(layer, direction), self._params
         g = self._kernels("gru").gru_layer_backward(
             layer_in, p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], init[0], states, d_out,

@@ -75,9 +75,10 @@ class RecurrentLayer:
         model's backend; the CUDA modules are imported only when used."""
         return importlib.import_module(f"rnnlab.kernels.{self.backend}.{cell}")
 
-    def _kernel_kwargs(self, alloc):
-        # the CPU kernels take a scratch allocator; the CUDA ones keep their work on the device
-        return {"alloc": alloc} if self.backend == "cpu" else {}
+    def _kernel_kwargs(self, alloc, **cpu_only):
+        # the CPU kernels take a scratch allocator (and other memory options); the CUDA ones
+        # keep their work on the device
+        return {"alloc": alloc, **cpu_only} if self.backend == "cpu" else {}
 
     # ----------------------------------------------------------------------------- parameters
     def _cell_param_shapes(self, layer, direction):
@@ -365,7 +366,8 @@ class RecurrentLayer:
         d_layer, d_finals = self._prepare_grads(d_output, d_finals, n_steps, batch, unbatched)
         with ScratchBuffers() as scratch:  # nothing of the forward pass outlives this call
             _, _, cache = self._forward_prepared(x, init, unbatched, scratch.empty)
-            return self._backward_prepared(cache, d_layer, d_finals, False, scratch.empty)
+            return self._backward_prepared(cache, d_layer, d_finals, False, scratch.empty,
+                                           consume_states=True)
 
     def _prepare_grads(self, d_output, d_finals, n_steps, batch, unbatched):
         width = self.num_directions * self.hidden_size
@@ -414,7 +416,10 @@ class RecurrentLayer:
             return self._backward_prepared(cache, d_layer, d_finals, return_hidden_grads,
                                            scratch.empty)
 
-    def _backward_prepared(self, cache, d_layer, d_finals, return_hidden_grads, alloc=np.empty):
+    def _backward_prepared(self, cache, d_layer, d_finals, return_hidden_grads, alloc=np.empty,
+                           consume_states=False):
+        # consume_states: the cache is dropped after this call, so the kernels may overwrite
+        # its per-step states (e.g. an LSTM's gate gradients written over its gates)
         n_steps, batch, unbatched = cache["n_steps"], cache["batch"], cache["unbatched"]
         grads = {}
         d_init = tuple(np.empty_like(d) for d in d_finals)
@@ -430,7 +435,7 @@ class RecurrentLayer:
                                              cache["states"][layer, direction],
                                              tuple(s[idx] for s in cache["init"]), d_out,
                                              tuple(d[idx] for d in d_finals), grads,
-                                             return_hidden_grads, alloc)
+                                             return_hidden_grads, alloc, consume_states)
                     for d, name in zip(d_init, self._state_names):
                         d[idx] = g[name]
                     d_in = g["input"] if d_in is None else d_in + g["input"]
@@ -455,7 +460,9 @@ class RecurrentLayer:
         raise NotImplementedError
 
     def _layer_backward(self, layer, direction, layer_in, states, init, d_out, d_final, grads,
-                        return_hidden_grads, alloc):
+                        return_hidden_grads, alloc, consume=False):
+        """Backpropagate through one layer and direction; ``consume``: ``states`` are not used
+        again and may be overwritten."""
         raise NotImplementedError
 
     # ----------------------------------------------------------------------------- streaming
@@ -595,7 +602,7 @@ class RNN(RecurrentLayer):
             self._act, reverse=bool(direction))
 
     def _layer_backward(self, layer, direction, layer_in, states, init, d_out, d_final, grads,
-                        return_hidden_grads, alloc):
+                        return_hidden_grads, alloc, consume=False):
         (h0,), (d_hn,) = init, d_final
         sfx, p = _suffix(layer, direction), self._params
         w_tr, _ = self._transition(sfx)

@@ -1,6 +1,9 @@
 """LSTM and GRU: PyTorch's numbers, finite differences, exact Jacobian identities, kernel
 properties (precision, determinism, compile-once, long sequences) and argument checks."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numba
@@ -383,6 +386,16 @@ def test_scratch_pool_is_bounded_and_releasable(monkeypatch):
         assert scratch.empty((10,), np.float64) is not small
 
 
+@pytest.mark.parametrize("value, expected", [
+    ("0", "0"), ("2e9", "2000000000"), ("12345", "12345"),
+    ("lots", "RNNLAB_SCRATCH_BYTES must be"), ("-5", "RNNLAB_SCRATCH_BYTES must be")])
+def test_scratch_pool_size_comes_from_the_environment(value, expected):
+    code = "import rnnlab.kernels.cpu.lstm as m; print(m.SCRATCH_BYTES)"
+    env = dict(os.environ, RNNLAB_SCRATCH_BYTES=value)
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert expected in (run.stdout if run.returncode == 0 else run.stderr)
+
+
 def test_each_kernel_compiles_once_per_dtype():
     for dtype in (np.float32, np.float64):
         for case in CELLS:
@@ -566,6 +579,60 @@ def test_lstm_unit_split_kernels_are_bitwise_the_batch_chunked_ones(reverse, bat
         results.append((gates, cells, hid, dz, dh0, dc0, db_rows, d_hidden, d_cell))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("units", [False, True])
+@pytest.mark.parametrize("store_hidden", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_lstm_backward_may_write_dz_over_the_gates(units, store_hidden, reverse):
+    """``dz`` written over the gate activations (one step's gates are read before its dz is
+    written) is bitwise the ``dz`` written into new memory, and so is every other output."""
+    rng = np.random.default_rng(11)
+    T, batch, hidden, parts = 6, 3, 10, 2
+    w_hh = 0.5 * rng.standard_normal((4 * hidden, hidden))
+    h0, c0 = rng.standard_normal((2, batch, hidden))
+    gates = rng.uniform(0.05, 0.95, (T, batch, 4 * hidden))
+    gates[:, :, 2 * hidden:3 * hidden] = rng.uniform(-0.9, 0.9, (T, batch, hidden))
+    cells = rng.standard_normal((T, batch, hidden))
+    d_out = rng.standard_normal((T, batch, hidden))
+    dh_n, dc_n = rng.standard_normal((2, batch, hidden))
+    results = []
+    for in_place in (False, True):
+        g = gates.copy()
+        dz = g if in_place else np.empty_like(g)
+        dh0, dc0 = np.empty_like(h0), np.empty_like(c0)
+        db_rows = np.zeros((batch, 4 * hidden))
+        d_hidden, d_cell = np.empty((2, T if store_hidden else 0, batch, hidden))
+        if units:
+            lstm_kernels.lstm_recurrence_backward_units(
+                lstm_kernels.pack_unit_parts(w_hh, parts)[1], h0, c0, g, cells, d_out, dh_n,
+                dc_n, reverse, dz, dh0, dc0, db_rows, d_hidden, d_cell, parts)
+        else:
+            lstm_kernels.lstm_recurrence_backward(
+                w_hh, h0, c0, g, cells, d_out, dh_n, dc_n, reverse, dz, dh0, dc0, db_rows,
+                d_hidden, d_cell, 2)
+        results.append((dz, dh0, dc0, db_rows, d_hidden, d_cell))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(results[0][0], gates)  # the gates really were overwritten
+
+
+def test_lstm_backward_consumes_only_states_it_owns():
+    """``backward`` (whose forward states die with the call) writes dz over the gates;
+    ``backward_from_cache`` must not: the same cache gives the same gradients twice."""
+    net = rnnlab.LSTM(3, 6, num_layers=2, bidirectional=True, dtype=np.float64, seed=4)
+    rng = np.random.default_rng(6)
+    x, d_out = rng.standard_normal((8, 2, 3)), rng.standard_normal((8, 2, 12))
+    _, _, cache = net.forward_with_cache(x)
+    gates = [st["gates"].copy() for st in cache["states"].values()]
+    first = net.backward_from_cache(cache, d_out)
+    for st, g in zip(cache["states"].values(), gates):
+        np.testing.assert_array_equal(st["gates"], g)
+    second = net.backward_from_cache(cache, d_out)
+    direct = net.backward(x, d_out)
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name])
+        np.testing.assert_array_equal(first[name], direct[name])
 
 
 def test_lstm_layer_picks_the_unit_split_for_a_small_batch(monkeypatch):

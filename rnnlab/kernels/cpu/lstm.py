@@ -19,6 +19,7 @@ on all cores without BLAS's spinning threads), and :class:`ScratchBuffers` (memo
 arrays that do not outlive a call).
 """
 
+import os
 import threading
 
 import numba
@@ -39,13 +40,40 @@ GATES = 4
 
 
 # ------------------------------------------------------------------------------ scratch buffers
-# Fresh memory costs a page fault per 4 KiB page on first touch; in a run of T = 1000, B = 1,
-# H = 64 that was a quarter of the time of a forward + backward pass. Buffers that never leave a
-# call (gate activations, cell states, dz) can come from a per-thread pool instead, kept between
-# calls up to SCRATCH_BYTES.
+# Fresh memory costs a page fault per page on first touch; in a run of T = 1000, B = 1, H = 64
+# that was a quarter of the time of a forward + backward pass. In a virtual machine that hands
+# freed memory back to its host it costs far more: here (2-core KVM guest), float32 LSTM
+# T = 1000, B = 128, H = 256, the backward recurrence took 0.5-0.6 s with its 0.5 GB dz
+# already touched but 1.1-1.4 s (of which 0.5-1.4 s system time) into fresh memory, whenever
+# another allocation had been freed in between (as every peer's call in a benchmark does).
+# Buffers that never leave a call (gate activations, cell states, dz) come from a per-thread
+# pool instead, kept between calls up to SCRATCH_BYTES.
 
-#: Most bytes of scratch buffers each thread keeps between calls.
-SCRATCH_BYTES = 1 << 27
+
+def _default_scratch_bytes():
+    """``RNNLAB_SCRATCH_BYTES`` if set, else 1 GiB or a sixteenth of the machine's memory,
+    whichever is less."""
+    env = os.environ.get("RNNLAB_SCRATCH_BYTES", "").strip()
+    if env:
+        try:
+            value = int(float(env))
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise ValueError("RNNLAB_SCRATCH_BYTES must be a number of bytes >= 0 (e.g. 0, "
+                             f"1e9), got {env!r}")
+        return value
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        physical = 1 << 31
+    return min(1 << 30, physical // 16)
+
+
+#: Most bytes of scratch buffers each thread keeps between calls (0: none). Set by the
+#: environment variable ``RNNLAB_SCRATCH_BYTES`` when rnnlab is imported, or assign it;
+#: :func:`release_scratch` frees what the calling thread keeps.
+SCRATCH_BYTES = _default_scratch_bytes()
 
 _scratch = threading.local()
 
@@ -174,7 +202,8 @@ def lstm_recurrence_backward(w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reve
         Direction used in the forward pass.
     dz : ndarray, shape (T, B, 4H)
         Output: gradient with respect to the gate pre-activations (the same for the ``ih`` and
-        ``hh`` products). The weight gradients are products of these.
+        ``hh`` products). The weight gradients are products of these. May be ``gates`` itself:
+        each step reads its gates before it writes ``dz`` over them.
     dh0, dc0 : ndarray, shape (B, H)
         Output: gradients with respect to the initial states.
     db_rows : ndarray, shape (B, 4H), float64
@@ -196,6 +225,7 @@ def lstm_recurrence_backward(w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reve
         nb = b1 - b0
         dh = np.empty((nb, hid), dtype=gates.dtype)  # dL/dh<t> through the step after t
         dc = np.empty((nb, hid), dtype=gates.dtype)  # dL/dc<t> through the step after t
+        f_row = np.empty(hid, dtype=gates.dtype)  # f<t> of a row, read before dz overwrites it
         for bb in range(nb):
             for i in range(hid):
                 dh[bb, i] = dh_n[b0 + bb, i]
@@ -226,12 +256,13 @@ def lstm_recurrence_backward(w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reve
                     dz_b[3 * hid + i] = dht * tc * og * (one - og)
                     dc_b[i] = dct
                     dh_b[i] = dht
+                    f_row[i] = fg
                 if store_hidden:
                     for i in range(hid):
                         d_hidden[t, b, i] = dh_b[i]
                         d_cell[t, b, i] = dc_b[i]
                 for i in range(hid):
-                    dc_b[i] = dc_b[i] * g_b[hid + i]
+                    dc_b[i] = dc_b[i] * f_row[i]
                 db_b = db_rows[b]
                 for k in range(width):
                     db_b[k] += dz_b[k]
@@ -405,6 +436,7 @@ def lstm_recurrence_backward_units(w_cols, h0, c0, gates, cells, d_out, dh_n, dc
     zero = one - one
     dc = np.empty((batch, hid), dtype=gates.dtype)
     acc = np.zeros((n_parts, batch, units), dtype=gates.dtype)
+    f_rows = np.empty((n_parts, units), dtype=gates.dtype)  # read before dz overwrites them
     for b in range(batch):
         for i in range(hid):
             dc[b, i] = dc_n[b, i]
@@ -424,6 +456,7 @@ def lstm_recurrence_backward_units(w_cols, h0, c0, gates, cells, d_out, dh_n, dc
                 # dh<t> = dz<t+1> W_hh for all rows at once, as lstm_recurrence_backward
                 acc_p[:, :] = zero
                 accumulate_product(acc_p, 0, dz[t_next], 0, 0, w_cols[p], 0, width, batch)
+            f_p = f_rows[p]
             for b in range(batch):
                 a_p = acc_p[b]
                 # slices of this part's units: loops from 0 vectorise
@@ -457,6 +490,7 @@ def lstm_recurrence_backward_units(w_cols, h0, c0, gates, cells, d_out, dh_n, dc
                     dz_o[u] = dht * tc * og * (one - og)
                     a_p[u] = dht
                     dc_b[u] = dct
+                    f_p[u] = fg
                 if store_hidden:
                     d_h = d_hidden[t, b, i0:i0 + n]
                     d_c = d_cell[t, b, i0:i0 + n]
@@ -464,7 +498,7 @@ def lstm_recurrence_backward_units(w_cols, h0, c0, gates, cells, d_out, dh_n, dc
                         d_h[u] = a_p[u]
                         d_c[u] = dc_b[u]
                 for u in range(n):
-                    dc_b[u] = dc_b[u] * g_f[u]
+                    dc_b[u] = dc_b[u] * f_p[u]
                     db_i[u] += dz_i[u]
                     db_f[u] += dz_f[u]
                     db_g[u] += dz_g[u]
@@ -532,7 +566,7 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, h0, c0, reverse=False, alloc=np.empt
 
 
 def lstm_layer_backward(x, w_ih, w_hh, h0, c0, states, d_out, dh_n, dc_n, reverse=False,
-                        hidden_grads=False, alloc=np.empty):
+                        hidden_grads=False, alloc=np.empty, overwrite_states=False):
     """Backward pass (BPTT) of one LSTM layer in one direction.
 
     Parameters
@@ -550,6 +584,10 @@ def lstm_layer_backward(x, w_ih, w_hh, h0, c0, states, d_out, dh_n, dc_n, revers
     alloc : callable, optional
         ``alloc(shape, dtype)`` for ``dz`` (e.g. :meth:`ScratchBuffers.empty` when the caller
         does not keep it).
+    overwrite_states : bool, optional
+        Write ``dz`` over ``states["gates"]`` (same shape; each step reads its gates first)
+        instead of into new memory: for callers that drop the states after this call. Saves
+        ``T * B * 4H`` elements, as much memory as the states themselves, and its page faults.
 
     Returns
     -------
@@ -561,7 +599,7 @@ def lstm_layer_backward(x, w_ih, w_hh, h0, c0, states, d_out, dh_n, dc_n, revers
     gates, cells, hidden = states["gates"], states["cells"], states["hidden"]
     n_steps, batch, width = gates.shape
     n_in = x.shape[2]
-    dz = alloc(gates.shape, gates.dtype)
+    dz = gates if overwrite_states else alloc(gates.shape, gates.dtype)
     dh0 = np.empty_like(h0)
     dc0 = np.empty_like(c0)
     d_hidden = np.empty((n_steps if hidden_grads else 0,) + hidden.shape[1:], dtype=x.dtype)
