@@ -242,3 +242,38 @@ def test_scipys_blas_is_the_fallback_when_numpy_exports_no_gemm():
     assert run.stdout.split() == ["scipy"]
     blas.run_products(blas.matmul_tasks(np.ones((2, 2)), np.ones((2, 2)), np.empty((2, 2))), 0)
     assert blas.gemm_source in ("numpy", "scipy")
+
+
+# --------------------------------------------------------------------- the per-step product
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows, inner, cols", [
+    (4, 3, 64), (9, 17, 130), (5, 0, 70), (8, 33, 32), (13, 70, 200), (1, 5, 64), (4, 1, 64),
+    (3, 40, 256), (16, 64, 1024)])
+def test_step_product_tiles_and_loops_give_the_same_bits(dtype, rows, inner, cols, rng):
+    """accumulate_product (register tiles where the CPU has AVX-512, loops for the edges) is
+    bitwise the all-loop version, and both are a @ w added to acc (float64 NumPy reference),
+    with row and column offsets into larger arrays."""
+    a = rng.standard_normal((rows + 3, inner + 5)).astype(dtype)
+    w = rng.standard_normal((inner + 2, cols)).astype(dtype)
+    acc0 = rng.standard_normal((rows + 1, cols)).astype(dtype)
+    tiled = acc0.copy()
+    blas.accumulate_product(tiled, 1, a, 2, 3, w, 1, inner, rows)
+    loops = acc0.copy()
+    blas._loop_product(loops, 1, a, 2, 3, w, 1, inner, rows, 0, cols)
+    np.testing.assert_array_equal(tiled, loops)
+    ref = acc0.astype(np.float64)
+    ref[1:1 + rows] += a[2:2 + rows, 3:3 + inner].astype(np.float64) @ w[1:1 + inner].astype(
+        np.float64)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(tiled, ref, rtol=tol, atol=tol * max(1, inner))
+    np.testing.assert_array_equal(tiled[0], acc0[0])  # rows outside the block untouched
+
+
+def test_step_product_tiles_follow_numba_target_cpu():
+    """Tiles only where Numba compiles for AVX-512: a generic target turns them off."""
+    code = "from rnnlab.kernels.cpu import blas; print(blas.TILES)"
+    env = dict(os.environ, NUMBA_CPU_NAME="generic")
+    env.pop("NUMBA_CPU_FEATURES", None)
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    assert run.stdout.strip() == "False"
