@@ -10,8 +10,10 @@ import os
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 from ._backend import BackendUnavailableError, default_backend
+from ._scratch import release_scratch
 from ._version import __version__
 from .gated import GRU, LSTM
 from .layers import RNN
 
-__all__ = ["RNN", "LSTM", "GRU", "BackendUnavailableError", "default_backend", "__version__"]
+__all__ = ["RNN", "LSTM", "GRU", "BackendUnavailableError", "default_backend", "release_scratch",
+           "__version__"]

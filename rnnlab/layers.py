@@ -17,7 +17,7 @@ from . import _validation as v
 from ._backend import resolve_backend
 from ._blas import blas_threads_for
 from .activations import activation_code
-from .kernels.cpu.lstm import ScratchBuffers
+from ._scratch import ScratchBuffers
 
 
 def _suffix(layer, direction):
@@ -456,7 +456,7 @@ class RecurrentLayer:
 
     def _layer_forward(self, layer, direction, layer_in, init, alloc):
         """Run one layer and direction; ``alloc(shape, dtype)`` may serve arrays that are not
-        returned by the model (see :class:`~rnnlab.kernels.cpu.lstm.ScratchBuffers`)."""
+        returned by the model (see :class:`~rnnlab._scratch.ScratchBuffers`)."""
         raise NotImplementedError
 
     def _layer_backward(self, layer, direction, layer_in, states, init, d_out, d_final, grads,

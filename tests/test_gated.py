@@ -15,6 +15,7 @@ from rnnlab.activations import fast_sigmoid, fast_tanh
 from rnnlab.kernels.cpu import blas as blas_kernels
 from rnnlab.kernels.cpu import gru as gru_kernels
 from rnnlab.kernels.cpu import lstm as lstm_kernels
+from rnnlab import _scratch as scratch_pool
 
 from conftest import numerical_gradient, relative_error
 
@@ -373,16 +374,16 @@ def test_scratch_buffers_never_leak_into_results(case):
 
 
 def test_scratch_pool_is_bounded_and_releasable(monkeypatch):
-    monkeypatch.setattr(lstm_kernels, "SCRATCH_BYTES", 1000)
-    with lstm_kernels.ScratchBuffers() as scratch:
+    monkeypatch.setattr(scratch_pool, "SCRATCH_BYTES", 1000)
+    with scratch_pool.ScratchBuffers() as scratch:
         big = scratch.empty((200,), np.float64)  # 1600 bytes: not kept
         small = scratch.empty((10,), np.float64)
-    with lstm_kernels.ScratchBuffers() as scratch:
+    with scratch_pool.ScratchBuffers() as scratch:
         assert scratch.empty((10,), np.float64) is small
         assert scratch.empty((10,), np.float64) is not small
         assert scratch.empty((200,), np.float64) is not big
-    lstm_kernels.release_scratch()
-    with lstm_kernels.ScratchBuffers() as scratch:
+    rnnlab.release_scratch()
+    with scratch_pool.ScratchBuffers() as scratch:
         assert scratch.empty((10,), np.float64) is not small
 
 
@@ -390,7 +391,7 @@ def test_scratch_pool_is_bounded_and_releasable(monkeypatch):
     ("0", "0"), ("2e9", "2000000000"), ("12345", "12345"),
     ("lots", "RNNLAB_SCRATCH_BYTES must be"), ("-5", "RNNLAB_SCRATCH_BYTES must be")])
 def test_scratch_pool_size_comes_from_the_environment(value, expected):
-    code = "import rnnlab.kernels.cpu.lstm as m; print(m.SCRATCH_BYTES)"
+    code = "import rnnlab._scratch as m; print(m.SCRATCH_BYTES)"
     env = dict(os.environ, RNNLAB_SCRATCH_BYTES=value)
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert expected in (run.stdout if run.returncode == 0 else run.stderr)

@@ -193,7 +193,7 @@ def gru_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, reverse=False, alloc=np.emp
         Read the sequence backwards.
     alloc : callable, optional
         ``alloc(shape, dtype)`` for the gate and ``hn`` arrays (e.g.
-        :meth:`~rnnlab.kernels.cpu.lstm.ScratchBuffers.empty` when the states do not outlive the
+        :meth:`~rnnlab._scratch.ScratchBuffers.empty` when the states do not outlive the
         call); the hidden states always get fresh memory.
 
     Returns
@@ -239,7 +239,7 @@ def gru_layer_backward(x, w_ih, w_hh, h0, states, d_out, dh_n, reverse=False,
         Also return ``"hidden"``, the total dL/dh<t> (T, B, H).
     alloc : callable, optional
         ``alloc(shape, dtype)`` for ``dz`` (e.g.
-        :meth:`~rnnlab.kernels.cpu.lstm.ScratchBuffers.empty` when the caller does not keep it).
+        :meth:`~rnnlab._scratch.ScratchBuffers.empty` when the caller does not keep it).
 
     Returns
     -------

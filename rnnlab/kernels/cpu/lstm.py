@@ -15,12 +15,9 @@ reproducible and independent of the thread count.
 
 Shared with :mod:`rnnlab.kernels.cpu.gru`: :func:`accumulate_product` (the per-step product),
 :func:`run_products` with :func:`matmul_tasks` and :func:`prev_state_tasks` (the large products,
-on all cores without BLAS's spinning threads), and :class:`ScratchBuffers` (memory reused for the
-arrays that do not outlive a call).
+on all cores without BLAS's spinning threads). Memory for the arrays that do not outlive a call
+comes from :class:`~rnnlab._scratch.ScratchBuffers`.
 """
-
-import os
-import threading
 
 import numba
 import numpy as np
@@ -37,85 +34,6 @@ GATES = 4
 # The kernels compile with error_model="numpy": with Python's error model every division (the
 # rational tanh and sigmoid divide) carries a ZeroDivisionError check, and that branch alone
 # keeps LLVM from vectorising the gate loops (measured: scalar vdivss instead of vdivps zmm).
-
-
-# ------------------------------------------------------------------------------ scratch buffers
-# Fresh memory costs a page fault per page on first touch; in a run of T = 1000, B = 1, H = 64
-# that was a quarter of the time of a forward + backward pass. In a virtual machine that hands
-# freed memory back to its host it costs far more: here (2-core KVM guest), float32 LSTM
-# T = 1000, B = 128, H = 256, the backward recurrence took 0.5-0.6 s with its 0.5 GB dz
-# already touched but 1.1-1.4 s (of which 0.5-1.4 s system time) into fresh memory, whenever
-# another allocation had been freed in between (as every peer's call in a benchmark does).
-# Buffers that never leave a call (gate activations, cell states, dz) come from a per-thread
-# pool instead, kept between calls up to SCRATCH_BYTES.
-
-
-def _default_scratch_bytes():
-    """``RNNLAB_SCRATCH_BYTES`` if set, else 1 GiB or a sixteenth of the machine's memory,
-    whichever is less."""
-    env = os.environ.get("RNNLAB_SCRATCH_BYTES", "").strip()
-    if env:
-        try:
-            value = int(float(env))
-        except ValueError:
-            value = -1
-        if value < 0:
-            raise ValueError("RNNLAB_SCRATCH_BYTES must be a number of bytes >= 0 (e.g. 0, "
-                             f"1e9), got {env!r}")
-        return value
-    try:
-        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        physical = 1 << 31
-    return min(1 << 30, physical // 16)
-
-
-#: Most bytes of scratch buffers each thread keeps between calls (0: none). Set by the
-#: environment variable ``RNNLAB_SCRATCH_BYTES`` when rnnlab is imported, or assign it;
-#: :func:`release_scratch` frees what the calling thread keeps.
-SCRATCH_BYTES = _default_scratch_bytes()
-
-_scratch = threading.local()
-
-
-class ScratchBuffers:
-    """Context manager handing out reusable buffers for arrays that do not outlive a call.
-
-    Inside ``with ScratchBuffers() as scratch:``, ``scratch.empty(shape, dtype)`` behaves as
-    ``np.empty`` but may return (uninitialised) memory used by an earlier call on this thread.
-    On exit every buffer handed out goes back to the thread's pool (the most recent ones first,
-    up to :data:`SCRATCH_BYTES`): none of them may be referenced after the block.
-    """
-
-    def __enter__(self):
-        # take the thread's pool: a nested block starts from an empty one
-        self._free = getattr(_scratch, "free", None) or {}
-        _scratch.free = {}
-        self._used = []
-        return self
-
-    def empty(self, shape, dtype):
-        """An uninitialised array, as ``np.empty(shape, dtype)``."""
-        key = (tuple(shape), np.dtype(dtype))
-        stack = self._free.get(key)
-        arr = stack.pop() if stack else np.empty(key[0], dtype=key[1])
-        self._used.append(arr)
-        return arr
-
-    def __exit__(self, *exc):
-        keep, total = {}, 0
-        for arr in reversed(self._used):
-            if total + arr.nbytes <= SCRATCH_BYTES:
-                keep.setdefault((arr.shape, arr.dtype), []).append(arr)
-                total += arr.nbytes
-        _scratch.free = keep
-        self._used = self._free = None
-        return False
-
-
-def release_scratch():
-    """Free the scratch buffers kept by this thread (see :class:`ScratchBuffers`)."""
-    _scratch.free = {}
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
