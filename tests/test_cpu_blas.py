@@ -248,11 +248,13 @@ def test_scipys_blas_is_the_fallback_when_numpy_exports_no_gemm():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("rows, inner, cols", [
     (4, 3, 64), (9, 17, 130), (5, 0, 70), (8, 33, 32), (13, 70, 200), (1, 5, 64), (4, 1, 64),
-    (3, 40, 256), (16, 64, 1024)])
+    (3, 40, 256), (16, 64, 1024),
+    # one row left over: one-row tiles (with column edges), or loops past the size rule
+    (1, 37, 300), (5, 21, 130), (1, 9, 128), (9, 50, 256), (1, 40, 1100)])
 def test_step_product_tiles_and_loops_give_the_same_bits(dtype, rows, inner, cols, rng):
-    """accumulate_product (register tiles where the CPU has AVX-512, loops for the edges) is
-    bitwise the all-loop version, and both are a @ w added to acc (float64 NumPy reference),
-    with row and column offsets into larger arrays."""
+    """accumulate_product (register tiles where the CPU has AVX-512, one-row tiles for a row
+    left over, loops for the edges) is bitwise the all-loop version, and both are a @ w added
+    to acc (float64 NumPy reference), with row and column offsets into larger arrays."""
     a = rng.standard_normal((rows + 3, inner + 5)).astype(dtype)
     w = rng.standard_normal((inner + 2, cols)).astype(dtype)
     acc0 = rng.standard_normal((rows + 1, cols)).astype(dtype)

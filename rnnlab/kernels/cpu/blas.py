@@ -370,6 +370,17 @@ def prev_state_tasks(dz, hidden, h0, reverse, out):
 #: Rows and vectors of a register tile (16 accumulators).
 TILE_ROWS = 4
 TILE_VECTORS = 4
+#: Vectors of the one-row tiles for the rows left over (a batch of 1 above all: a mat-vec, whose
+#: loops load and store acc once per four multiply-adds, bound by the stores).
+ROW_VECTORS = 8
+#: One-row tiles only where acc has at most this many vectors of 64 bytes and w at most this many
+#: bytes. Measured (one thread, G multiply-adds/s, loops -> one-row tiles): float32 1 x 1024 @
+#: 1024 x 128 16-22 -> 26-29, 1 x 256 @ 256 x 512 19-26 -> 21-28, 1 x 512 @ 512 x 256 17-25 ->
+#: 24-29, 1 x 64 @ 64 x 256 18-26 -> 24-28; float64 1 x 1024 @ 1024 x 128 8-9 -> 11; but float32
+#: 1 x 512 @ 512 x 1024 16-19 -> 15-17 and float64 1 x 256 @ 256 x 512 11 -> 9 (w beyond L2, or
+#: acc wide: many strided passes over w).
+ROW_TILE_VECTORS_MAX = 32
+ROW_TILE_BYTES_MAX = 1 << 20
 
 
 def _wide_vectors():
@@ -387,9 +398,9 @@ def _wide_vectors():
 TILES = _wide_vectors()
 
 
-def _tile_intrinsic(double):
-    """``acc[r, :C] += sum_k a[r, k] w[k, :C]`` for ``r < TILE_ROWS``, ``C = TILE_VECTORS``
-    vectors of 64 bytes; arguments are addresses and row strides in elements."""
+def _tile_intrinsic(double, n_rows=TILE_ROWS, n_vectors=TILE_VECTORS):
+    """``acc[r, :C] += sum_k a[r, k] w[k, :C]`` for ``r < n_rows``, ``C = n_vectors`` vectors
+    of 64 bytes; arguments are addresses and row strides in elements."""
     lanes = 8 if double else 16
     size = 8 if double else 4
 
@@ -414,7 +425,7 @@ def _tile_intrinsic(double):
                 return ptr(acc_p, builder.add(builder.mul(const(r), ld_acc_v), const(v * lanes)),
                            vt)
 
-            cells = [(r, v) for r in range(TILE_ROWS) for v in range(TILE_VECTORS)]
+            cells = [(r, v) for r in range(n_rows) for v in range(n_vectors)]
             start = [builder.load(acc_ptr_of(r, v), align=size) for r, v in cells]
             entry = builder.block
             head = builder.append_basic_block("tile_head")
@@ -431,18 +442,18 @@ def _tile_intrinsic(double):
             builder.position_at_end(body)
             w_row = builder.mul(k, ld_w_v)
             w_vec = [builder.load(ptr(w_p, builder.add(w_row, const(v * lanes)), vt), align=size)
-                     for v in range(TILE_VECTORS)]
+                     for v in range(n_vectors)]
             undef = ir.Constant(vt, ir.Undefined)
             splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
             new = []
-            for r in range(TILE_ROWS):
+            for r in range(n_rows):
                 a_rk = builder.load(ptr(a_p, builder.add(builder.mul(const(r), ld_a_v), k), ft))
                 a_vec = builder.shuffle_vector(
                     builder.insert_element(undef, a_rk, ir.Constant(ir.IntType(32), 0)), undef,
                     splat)
-                for v in range(TILE_VECTORS):
+                for v in range(n_vectors):
                     # separate multiply and add, as the loops (no contraction without fastmath)
-                    new.append(builder.fadd(sums[r * TILE_VECTORS + v],
+                    new.append(builder.fadd(sums[r * n_vectors + v],
                                             builder.fmul(a_vec, w_vec[v])))
             tail = builder.block
             k.add_incoming(builder.add(k, const(1)), tail)
@@ -461,6 +472,8 @@ def _tile_intrinsic(double):
 
 _tile32 = _tile_intrinsic(False)
 _tile64 = _tile_intrinsic(True)
+_row32 = _tile_intrinsic(False, 1, ROW_VECTORS)
+_row64 = _tile_intrinsic(True, 1, ROW_VECTORS)
 
 
 @njit(cache=True, error_model="numpy")
@@ -533,16 +546,18 @@ def accumulate_product(acc, acc_row0, a, a_row0, a_col0, w, w_row0, n_inner, n_r
     it = acc.itemsize
     rows_tiled = 0
     cols_tiled = 0
+    rows_done = 0  # rows whose columns below cols_row are done by one-row tiles
+    cols_row = 0
     if TILES and n_inner > 0 and acc.strides[1] == it and a.strides[1] == it and (
             w.strides[1] == it):
+        ld_acc, ld_a, ld_w = acc.strides[0] // it, a.strides[0] // it, w.strides[0] // it
+        p_acc = acc.ctypes.data + acc_row0 * ld_acc * it
+        p_a = a.ctypes.data + (a_row0 * ld_a + a_col0) * it
+        p_w = w.ctypes.data + w_row0 * ld_w * it
         cols = TILE_VECTORS * 64 // it
         rows_tiled = n_rows - n_rows % TILE_ROWS
         cols_tiled = n - n % cols
         if rows_tiled > 0 and cols_tiled > 0:
-            ld_acc, ld_a, ld_w = acc.strides[0] // it, a.strides[0] // it, w.strides[0] // it
-            p_acc = acc.ctypes.data + acc_row0 * ld_acc * it
-            p_a = a.ctypes.data + (a_row0 * ld_a + a_col0) * it
-            p_w = w.ctypes.data + w_row0 * ld_w * it
             for c0 in range(0, cols_tiled, cols):
                 for r in range(0, rows_tiled, TILE_ROWS):
                     if it == 8:
@@ -554,9 +569,25 @@ def accumulate_product(acc, acc_row0, a, a_row0, a_col0, w, w_row0, n_inner, n_r
         else:
             rows_tiled = 0
             cols_tiled = 0
-    if rows_tiled < n_rows:
+        # a single row left over (a batch of one above all): one-row tiles where w fits in a
+        # core's L2 and acc is narrow (else their strided passes over w lose to the loops)
+        cols1 = ROW_VECTORS * 64 // it
+        cols_row = n - n % cols1
+        if n_rows - rows_tiled == 1 and cols_row > 0 and n <= ROW_TILE_VECTORS_MAX * 64 // it and (
+                n_inner * n * it <= ROW_TILE_BYTES_MAX):
+            for r in range(rows_tiled, n_rows):
+                for c0 in range(0, cols_row, cols1):
+                    if it == 8:
+                        _row64(p_acc + (r * ld_acc + c0) * it, ld_acc, p_a + r * ld_a * it,
+                               ld_a, p_w + c0 * it, ld_w, n_inner)
+                    else:
+                        _row32(p_acc + (r * ld_acc + c0) * it, ld_acc, p_a + r * ld_a * it,
+                               ld_a, p_w + c0 * it, ld_w, n_inner)
+            rows_done = n_rows - rows_tiled
+    c_left = cols_row if rows_done else 0
+    if rows_tiled < n_rows and c_left < n:
         _loop_product(acc, acc_row0 + rows_tiled, a, a_row0 + rows_tiled, a_col0, w, w_row0,
-                      n_inner, n_rows - rows_tiled, 0, n)
+                      n_inner, n_rows - rows_tiled, c_left, n)
     if cols_tiled < n and rows_tiled > 0:
         _loop_product(acc, acc_row0, a, a_row0, a_col0, w, w_row0, n_inner, rows_tiled,
                       cols_tiled, n)
