@@ -207,7 +207,7 @@ class LSTM(RecurrentLayer):
         g = self._kernels("lstm").lstm_layer_backward(
             layer_in, p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], init[0], init[1], states, d_out,
             d_final[0], d_final[1], reverse=bool(direction), hidden_grads=return_hidden_grads,
-            **self._kernel_kwargs(alloc, overwrite_states=consume))
+            overwrite_states=consume, **self._kernel_kwargs(alloc))
         grads[f"weight_ih{sfx}"] = g["weight_ih"]
         grads[f"weight_hh{sfx}"] = g["weight_hh"]
         if self.bias:

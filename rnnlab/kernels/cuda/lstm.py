@@ -402,7 +402,7 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, h0, c0, reverse=False, to_host=True)
 
 
 def lstm_layer_backward(x, w_ih, w_hh, h0, c0, states, d_out, dh_n, dc_n, reverse=False,
-                        hidden_grads=False, to_host=True):
+                        hidden_grads=False, to_host=True, overwrite_states=False):
     """Backward pass (BPTT) of one LSTM layer in one direction, on the GPU.
 
     Same arguments and result as :func:`rnnlab.kernels.cpu.lstm.lstm_layer_backward` (without
@@ -424,6 +424,11 @@ def lstm_layer_backward(x, w_ih, w_hh, h0, c0, states, d_out, dh_n, dc_n, revers
         Also return ``"hidden"`` and ``"cell"``, the total dL/dh<t> and dL/dc<t> (T, B, H).
     to_host : bool, optional
         Return NumPy arrays (default) or device arrays.
+    overwrite_states : bool, optional
+        Write ``dz`` over the device copy of ``states["gates"]`` (each thread reads its unit's
+        four gates before writing their gradients) instead of into new device memory: for
+        callers that drop the states after this call. A ``states["gates"]`` that is already a
+        device array is itself overwritten.
 
     Returns
     -------
@@ -452,7 +457,7 @@ def lstm_layer_backward(x, w_ih, w_hh, h0, c0, states, d_out, dh_n, dc_n, revers
     d_dh_n = blas.to_device(dh_n, dtype)
     d_dc_n = blas.to_device(dc_n, dtype)
 
-    dz = cuda.device_array((n_steps, batch, width), dtype=dtype)
+    dz = d_gates if overwrite_states else cuda.device_array((n_steps, batch, width), dtype=dtype)
     dh0 = cuda.device_array((batch, hid), dtype=dtype)
     dc0 = cuda.device_array((batch, hid), dtype=dtype)
     d_hidden = cuda.device_array((n_steps if hidden_grads else 0, batch, hid), dtype=dtype)
