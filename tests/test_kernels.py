@@ -143,3 +143,20 @@ def test_blas_steps_rule():
     assert not vanilla.blas_steps(128, 512, np.float32)
     assert not vanilla.blas_steps(32, 256, np.float64)
     assert not vanilla.blas_steps(1, 1024, np.float64)
+
+
+def test_chunk_threads_limits_and_restores_the_thread_count():
+    """A parallel region with fewer chunks than threads runs on as many threads as chunks; the
+    caller's count comes back afterwards, also after an error."""
+    import numba
+
+    threads = numba.get_num_threads()
+    with vanilla.chunk_threads(1):
+        assert numba.get_num_threads() == 1
+    assert numba.get_num_threads() == threads
+    with vanilla.chunk_threads(threads + 3):
+        assert numba.get_num_threads() == threads
+    with pytest.raises(RuntimeError):
+        with vanilla.chunk_threads(1):
+            raise RuntimeError("inside")
+    assert numba.get_num_threads() == threads

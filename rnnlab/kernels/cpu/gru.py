@@ -24,7 +24,7 @@ from numba import njit, prange
 
 from ...activations import fast_sigmoid, fast_tanh, one_like
 from .blas import accumulate_product, matmul_tasks, prev_state_tasks, run_products
-from .vanilla import n_chunks
+from .vanilla import chunk_threads, n_chunks
 
 #: Gate blocks stacked in the weights: r, z, n.
 GATES = 3
@@ -216,8 +216,10 @@ def gru_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, reverse=False, alloc=np.emp
         b_hh = np.zeros(width, dtype=x.dtype)
     hn = alloc((n_steps, batch, hid), x.dtype)
     hidden = np.empty((n_steps, batch, hid), dtype=x.dtype)
-    gru_recurrence(np.ascontiguousarray(w_hh.T), b_ih, b_hh, h0, reverse, gates, hn, hidden,
-                   n_chunks(batch))
+    chunks = n_chunks(batch)
+    with chunk_threads(chunks):
+        gru_recurrence(np.ascontiguousarray(w_hh.T), b_ih, b_hh, h0, reverse, gates, hn, hidden,
+                       chunks)
     return {"gates": gates, "hn": hn, "hidden": hidden}
 
 
@@ -256,8 +258,10 @@ def gru_layer_backward(x, w_ih, w_hh, h0, states, d_out, dh_n, reverse=False,
     dh0 = np.empty_like(h0)
     d_hidden = np.empty((n_steps if hidden_grads else 0, batch, hid), dtype=x.dtype)
     db_rows = np.zeros((batch, width + hid), dtype=np.float64)
-    gru_recurrence_backward(w_hh, h0, gates, hn, hidden, d_out, dh_n, reverse, dz, dh0, db_rows,
-                            d_hidden, n_chunks(batch))
+    chunks = n_chunks(batch)
+    with chunk_threads(chunks):
+        gru_recurrence_backward(w_hh, h0, gates, hn, hidden, d_out, dh_n, reverse, dz, dh0,
+                                db_rows, d_hidden, chunks)
     dz_ih = dz.reshape(-1, width + hid)[:, :width]  # a strided view: BLAS takes it as is
     d_x = np.empty_like(x)
     d_w_ih = np.empty_like(w_ih)

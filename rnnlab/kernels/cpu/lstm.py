@@ -26,7 +26,7 @@ from numba import njit, prange
 from ...activations import fast_sigmoid, fast_tanh, one_like
 from .blas import (accumulate_product, matmul_tasks, prev_state_tasks,  # noqa: F401 (re-exported)
                    run_products)
-from .vanilla import n_chunks
+from .vanilla import chunk_threads, n_chunks
 
 #: Gate blocks stacked in the weights: i, f, g, o.
 GATES = 4
@@ -478,8 +478,10 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, h0, c0, reverse=False, alloc=np.empt
         lstm_recurrence_units(pack_unit_parts(w_hh, parts)[0], bias, h0, c0, reverse, gates,
                               cells, hidden, parts)
     else:
-        lstm_recurrence(np.ascontiguousarray(w_hh.T), bias, h0, c0, reverse, gates, cells,
-                        hidden, n_chunks(batch))
+        chunks = n_chunks(batch)
+        with chunk_threads(chunks):
+            lstm_recurrence(np.ascontiguousarray(w_hh.T), bias, h0, c0, reverse, gates, cells,
+                            hidden, chunks)
     return {"gates": gates, "cells": cells, "hidden": hidden}
 
 
@@ -529,8 +531,10 @@ def lstm_layer_backward(x, w_ih, w_hh, h0, c0, states, d_out, dh_n, dc_n, revers
                                        d_out, dh_n, dc_n, reverse, dz, dh0, dc0, db_rows,
                                        d_hidden, d_cell, parts)
     else:
-        lstm_recurrence_backward(w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reverse, dz,
-                                 dh0, dc0, db_rows, d_hidden, d_cell, n_chunks(batch))
+        chunks = n_chunks(batch)
+        with chunk_threads(chunks):
+            lstm_recurrence_backward(w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reverse, dz,
+                                     dh0, dc0, db_rows, d_hidden, d_cell, chunks)
     dz2 = dz.reshape(-1, width)
     d_x = np.empty_like(x)
     d_w_ih = np.empty_like(w_ih)
