@@ -250,7 +250,9 @@ def test_scipys_blas_is_the_fallback_when_numpy_exports_no_gemm():
     (4, 3, 64), (9, 17, 130), (5, 0, 70), (8, 33, 32), (13, 70, 200), (1, 5, 64), (4, 1, 64),
     (3, 40, 256), (16, 64, 1024),
     # one row left over: one-row tiles (with column edges), or loops past the size rule
-    (1, 37, 300), (5, 21, 130), (1, 9, 128), (9, 50, 256), (1, 40, 1100)])
+    (1, 37, 300), (5, 21, 130), (1, 9, 128), (9, 50, 256), (1, 40, 1100),
+    # half-width one-row tiles (64 float32 / 32 float64 columns), alone or after full ones
+    (1, 30, 64), (1, 11, 200), (5, 7, 100), (1, 3, 40)])
 def test_step_product_tiles_and_loops_give_the_same_bits(dtype, rows, inner, cols, rng):
     """accumulate_product (register tiles where the CPU has AVX-512, one-row tiles for a row
     left over, loops for the edges) is bitwise the all-loop version, and both are a @ w added

@@ -378,7 +378,8 @@ ROW_VECTORS = 8
 #: 1024 x 128 16-22 -> 26-29, 1 x 256 @ 256 x 512 19-26 -> 21-28, 1 x 512 @ 512 x 256 17-25 ->
 #: 24-29, 1 x 64 @ 64 x 256 18-26 -> 24-28; float64 1 x 1024 @ 1024 x 128 8-9 -> 11; but float32
 #: 1 x 512 @ 512 x 1024 16-19 -> 15-17 and float64 1 x 256 @ 256 x 512 11 -> 9 (w beyond L2, or
-#: acc wide: many strided passes over w).
+#: acc wide: many strided passes over w). Half-width tiles (4 vectors) for what is left of at
+#: least 4 vectors: float32 1 x 256 @ 256 x 64 12-16 -> 25-27, 1 x 64 @ 64 x 64 14-16 -> 25-34.
 ROW_TILE_VECTORS_MAX = 32
 ROW_TILE_BYTES_MAX = 1 << 20
 
@@ -474,6 +475,8 @@ _tile32 = _tile_intrinsic(False)
 _tile64 = _tile_intrinsic(True)
 _row32 = _tile_intrinsic(False, 1, ROW_VECTORS)
 _row64 = _tile_intrinsic(True, 1, ROW_VECTORS)
+_half32 = _tile_intrinsic(False, 1, ROW_VECTORS // 2)
+_half64 = _tile_intrinsic(True, 1, ROW_VECTORS // 2)
 
 
 @njit(cache=True, error_model="numpy")
@@ -548,8 +551,9 @@ def accumulate_product(acc, acc_row0, a, a_row0, a_col0, w, w_row0, n_inner, n_r
     cols_tiled = 0
     rows_done = 0  # rows whose columns below cols_row are done by one-row tiles
     cols_row = 0
-    if TILES and n_inner > 0 and acc.strides[1] == it and a.strides[1] == it and (
-            w.strides[1] == it):
+    # (no tile is narrower than 4 vectors: below that, straight to the loops)
+    if TILES and n_inner > 0 and n * it >= 256 and acc.strides[1] == it and (
+            a.strides[1] == it and w.strides[1] == it):
         ld_acc, ld_a, ld_w = acc.strides[0] // it, a.strides[0] // it, w.strides[0] // it
         p_acc = acc.ctypes.data + acc_row0 * ld_acc * it
         p_a = a.ctypes.data + (a_row0 * ld_a + a_col0) * it
@@ -573,17 +577,26 @@ def accumulate_product(acc, acc_row0, a, a_row0, a_col0, w, w_row0, n_inner, n_r
         # core's L2 and acc is narrow (else their strided passes over w lose to the loops)
         cols1 = ROW_VECTORS * 64 // it
         cols_row = n - n % cols1
-        if n_rows - rows_tiled == 1 and cols_row > 0 and n <= ROW_TILE_VECTORS_MAX * 64 // it and (
-                n_inner * n * it <= ROW_TILE_BYTES_MAX):
-            for r in range(rows_tiled, n_rows):
-                for c0 in range(0, cols_row, cols1):
-                    if it == 8:
-                        _row64(p_acc + (r * ld_acc + c0) * it, ld_acc, p_a + r * ld_a * it,
-                               ld_a, p_w + c0 * it, ld_w, n_inner)
-                    else:
-                        _row32(p_acc + (r * ld_acc + c0) * it, ld_acc, p_a + r * ld_a * it,
-                               ld_a, p_w + c0 * it, ld_w, n_inner)
-            rows_done = n_rows - rows_tiled
+        # and a half-width tile for what is left of at least half of one (H = 64 float32)
+        half = n - cols_row >= cols1 // 2
+        if n_rows - rows_tiled == 1 and (cols_row > 0 or half) and (
+                n <= ROW_TILE_VECTORS_MAX * 64 // it and n_inner * n * it <= ROW_TILE_BYTES_MAX):
+            r = rows_tiled
+            p_acc_r = p_acc + r * ld_acc * it
+            p_a_r = p_a + r * ld_a * it
+            for c0 in range(0, cols_row, cols1):
+                if it == 8:
+                    _row64(p_acc_r + c0 * it, ld_acc, p_a_r, ld_a, p_w + c0 * it, ld_w, n_inner)
+                else:
+                    _row32(p_acc_r + c0 * it, ld_acc, p_a_r, ld_a, p_w + c0 * it, ld_w, n_inner)
+            if half:
+                c0 = cols_row
+                if it == 8:
+                    _half64(p_acc_r + c0 * it, ld_acc, p_a_r, ld_a, p_w + c0 * it, ld_w, n_inner)
+                else:
+                    _half32(p_acc_r + c0 * it, ld_acc, p_a_r, ld_a, p_w + c0 * it, ld_w, n_inner)
+                cols_row += cols1 // 2
+            rows_done = 1
     c_left = cols_row if rows_done else 0
     if rows_tiled < n_rows and c_left < n:
         _loop_product(acc, acc_row0 + rows_tiled, a, a_row0 + rows_tiled, a_col0, w, w_row0,
