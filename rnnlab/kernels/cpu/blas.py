@@ -38,8 +38,10 @@ from ..._blas import blas_threads_for
 BLOCK_WORK = 1 << 22
 MAX_BLOCKS = 4
 #: Below this many multiply-adds in all, products run one after the other on this thread:
-#: handing work to another thread costs more than it saves (measured: T = 1000, B = 1, H = 64).
-PARALLEL_WORK = 1 << 26
+#: handing work to another thread costs more than it saves. Measured (2 cores, float32
+#: fwd+BPTT, T = 1000, three runs), 2^26 / 2^24 / 2^22: LSTM B = 1, H = 64 3.9-4.0 / 3.6 /
+#: 3.4-3.6 ms, GRU B = 1, H = 64 2.7 / 2.5 / 2.3-2.9, LSTM B = 8, H = 16 3.1 / 3.0 / 3.9-4.3.
+PARALLEL_WORK = 1 << 24
 
 # The Fortran GEMMs, bound by symbol name so that cached kernels link to them in a new process
 # (bound on first use: importing scipy.linalg costs 0.1 s). Every argument is a pointer; they
