@@ -453,8 +453,9 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, h0, c0, reverse=False, alloc=np.empt
     reverse : bool, optional
         Read the sequence backwards.
     alloc : callable, optional
-        ``alloc(shape, dtype)`` for the gate and cell arrays (e.g. :meth:`ScratchBuffers.empty`
-        when the states do not outlive the call); the hidden states always get fresh memory.
+        ``alloc(shape, dtype)`` for the gate and cell arrays (e.g.
+        :meth:`~rnnlab._scratch.ScratchBuffers.empty` when the states do not outlive the call);
+        the hidden states always get fresh memory.
 
     Returns
     -------
@@ -502,8 +503,8 @@ def lstm_layer_backward(x, w_ih, w_hh, h0, c0, states, d_out, dh_n, dc_n, revers
     hidden_grads : bool, optional
         Also return ``"hidden"`` and ``"cell"``, the total dL/dh<t> and dL/dc<t> (T, B, H).
     alloc : callable, optional
-        ``alloc(shape, dtype)`` for ``dz`` (e.g. :meth:`ScratchBuffers.empty` when the caller
-        does not keep it).
+        ``alloc(shape, dtype)`` for ``dz`` (e.g. :meth:`~rnnlab._scratch.ScratchBuffers.empty`
+        when the caller does not keep it).
     overwrite_states : bool, optional
         Write ``dz`` over ``states["gates"]`` (same shape; each step reads its gates first)
         instead of into new memory: for callers that drop the states after this call. Saves
