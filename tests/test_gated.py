@@ -669,3 +669,70 @@ def test_lstm_forward_picks_the_unit_split_for_a_large_w_hh(monkeypatch):
     split = net.backward(x, d_out)
     for name in chunked:
         np.testing.assert_array_equal(chunked[name], split[name])
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("store_hidden", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_lstm_blas_step_kernels_match_the_compiled_loops(in_place, store_hidden, reverse):
+    """One BLAS product a step (large B * 4H * H) computes what the loops compute, up to the
+    products' summation order; dz may be written over the gates there too."""
+    rng = np.random.default_rng(21)
+    T, batch, hidden, I = 7, 5, 9, 4
+    x = rng.standard_normal((T, batch, I))
+    w_ih = 0.5 * rng.standard_normal((4 * hidden, I))
+    w_hh = 0.5 * rng.standard_normal((4 * hidden, hidden))
+    bias = 0.3 * rng.standard_normal(4 * hidden)
+    h0, c0 = rng.standard_normal((2, batch, hidden))
+    d_out = rng.standard_normal((T, batch, hidden))
+    dh_n, dc_n = rng.standard_normal((2, batch, hidden))
+    proj = (x.reshape(-1, I) @ w_ih.T).reshape(T, batch, -1)
+    results = []
+    for blas in (False, True):
+        gates = proj.copy()
+        cells, hid = np.empty((2, T, batch, hidden))
+        if blas:
+            lstm_kernels.lstm_recurrence_blas(w_hh, bias, h0, c0, reverse, gates, cells, hid)
+        else:
+            lstm_kernels.lstm_recurrence(np.ascontiguousarray(w_hh.T), bias, h0, c0, reverse,
+                                         gates, cells, hid, 2)
+        forward = (gates.copy(), cells, hid)
+        dz = gates if in_place and blas else np.empty_like(gates)
+        dh0, dc0 = np.empty_like(h0), np.empty_like(c0)
+        db_rows = np.zeros((batch, 4 * hidden))
+        d_hidden, d_cell = np.empty((2, T if store_hidden else 0, batch, hidden))
+        if blas:
+            lstm_kernels.lstm_recurrence_backward_blas(
+                w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reverse, dz, dh0, dc0, db_rows,
+                d_hidden, d_cell)
+        else:
+            lstm_kernels.lstm_recurrence_backward(
+                w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reverse, dz, dh0, dc0, db_rows,
+                d_hidden, d_cell, 2)
+        results.append(forward + (dz, dh0, dc0, db_rows, d_hidden, d_cell))
+    names = ("gates", "cells", "hidden", "dz", "dh0", "dc0", "db_rows", "d_hidden", "d_cell")
+    for name, a, b in zip(names, *results):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-13, err_msg=name)
+    assert np.abs(results[1][3]).max() > 0.01  # gradients that are not all zero
+
+
+def test_lstm_blas_steps_match_pytorch(ref, monkeypatch):
+    """PyTorch's numbers (2 layers, bidirectional) through the BLAS-step recurrences."""
+    calls = []
+    for name in ("lstm_recurrence_blas", "lstm_recurrence_backward_blas"):
+        fn = getattr(lstm_kernels, name)
+        monkeypatch.setattr(lstm_kernels, name,
+                            lambda *a, _fn=fn, _n=name: (calls.append(_n), _fn(*a))[1])
+    monkeypatch.setattr(lstm_kernels, "LSTM_BLAS_STEP_BYTES", 0)
+    test_forward_and_gradients_match_pytorch(ref, "lstm")
+    # forward and backward of both layers in both directions ran on BLAS steps
+    assert calls.count("lstm_recurrence_blas") >= 4
+    assert calls.count("lstm_recurrence_backward_blas") == 4
+
+
+def test_lstm_blas_steps_rule():
+    assert lstm_kernels.lstm_blas_steps(128, 512, np.float32)  # 512 MiB of multiply-adds a step
+    assert lstm_kernels.lstm_blas_steps(32, 512, np.float64)
+    assert not lstm_kernels.lstm_blas_steps(128, 256, np.float32)
+    assert not lstm_kernels.lstm_blas_steps(1, 1024, np.float64)
+    assert not lstm_kernels.lstm_blas_steps(8, 64, np.float32)
