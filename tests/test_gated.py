@@ -736,3 +736,62 @@ def test_lstm_blas_steps_rule():
     assert not lstm_kernels.lstm_blas_steps(128, 256, np.float32)
     assert not lstm_kernels.lstm_blas_steps(1, 1024, np.float64)
     assert not lstm_kernels.lstm_blas_steps(8, 64, np.float32)
+
+
+@pytest.mark.parametrize("store_hidden", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gru_blas_step_kernels_match_the_compiled_loops(store_hidden, reverse):
+    """The GRU's BLAS-step recurrences compute what the loops compute, up to summation order."""
+    rng = np.random.default_rng(23)
+    T, batch, hidden, I = 7, 5, 9, 4
+    x = rng.standard_normal((T, batch, I))
+    w_ih = 0.5 * rng.standard_normal((3 * hidden, I))
+    w_hh = 0.5 * rng.standard_normal((3 * hidden, hidden))
+    b_ih, b_hh = 0.3 * rng.standard_normal((2, 3 * hidden))
+    h0 = rng.standard_normal((batch, hidden))
+    d_out = rng.standard_normal((T, batch, hidden))
+    dh_n = rng.standard_normal((batch, hidden))
+    proj = (x.reshape(-1, I) @ w_ih.T).reshape(T, batch, -1)
+    results = []
+    for blas in (False, True):
+        gates = proj.copy()
+        hn, hid = np.empty((2, T, batch, hidden))
+        if blas:
+            gru_kernels.gru_recurrence_blas(w_hh, b_ih, b_hh, h0, reverse, gates, hn, hid)
+        else:
+            gru_kernels.gru_recurrence(np.ascontiguousarray(w_hh.T), b_ih, b_hh, h0, reverse,
+                                       gates, hn, hid, 2)
+        dz = np.empty((T, batch, 4 * hidden))
+        dh0 = np.empty_like(h0)
+        db_rows = np.zeros((batch, 4 * hidden))
+        d_hidden = np.empty((T if store_hidden else 0, batch, hidden))
+        if blas:
+            gru_kernels.gru_recurrence_backward_blas(w_hh, h0, gates, hn, hid, d_out, dh_n,
+                                                     reverse, dz, dh0, db_rows, d_hidden)
+        else:
+            gru_kernels.gru_recurrence_backward(w_hh, h0, gates, hn, hid, d_out, dh_n, reverse,
+                                                dz, dh0, db_rows, d_hidden, 2)
+        results.append((gates, hn, hid, dz, dh0, db_rows, d_hidden))
+    names = ("gates", "hn", "hidden", "dz", "dh0", "db_rows", "d_hidden")
+    for name, a, b in zip(names, *results):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-13, err_msg=name)
+    assert np.abs(results[1][4]).max() > 0.01
+
+
+def test_gru_blas_steps_match_pytorch(ref, monkeypatch):
+    """PyTorch's numbers (2 layers, bidirectional) through the GRU's BLAS-step recurrences."""
+    calls = []
+    for name in ("gru_recurrence_blas", "gru_recurrence_backward_blas"):
+        fn = getattr(gru_kernels, name)
+        monkeypatch.setattr(gru_kernels, name,
+                            lambda *a, _fn=fn, _n=name: (calls.append(_n), _fn(*a))[1])
+    monkeypatch.setattr(gru_kernels, "GRU_BLAS_STEP_BYTES", 0)
+    test_forward_and_gradients_match_pytorch(ref, "gru")
+    assert calls.count("gru_recurrence_blas") >= 4
+    assert calls.count("gru_recurrence_backward_blas") == 4
+
+
+def test_gru_blas_steps_rule():
+    assert gru_kernels.gru_blas_steps(128, 512, np.float64)  # 805 MB of multiply-adds a step
+    assert not gru_kernels.gru_blas_steps(128, 512, np.float32)
+    assert not gru_kernels.gru_blas_steps(1, 1024, np.float64)
