@@ -32,6 +32,67 @@ GATES = 3
 # error_model="numpy" lets the gate loops vectorise (see rnnlab.kernels.cpu.lstm).
 
 
+@njit(cache=True, error_model="numpy")
+def _gru_gate_rows(g, acc, b_ih, h_prev, hn_out, h_out, b0, b1):
+    """Rows ``b0:b1`` of one step: ``g`` (B, 3H) holds ``W_ih x<t>`` on entry and the gate
+    activations on exit; ``acc`` holds the chunk's rows (row ``b`` at ``b - b0``) of
+    ``h<t-1> W_hh^T + b_hh``. Shared by the batch-chunked and the BLAS-step forward."""
+    hid = h_out.shape[1]
+    for b in range(b0, b1):
+        g_b = g[b]
+        acc_b = acc[b - b0]
+        hn_b = hn_out[b]
+        h_b = h_out[b]
+        hp = h_prev[b]
+        for i in range(hid):
+            rg = fast_sigmoid(g_b[i] + b_ih[i] + acc_b[i])
+            zg = fast_sigmoid(g_b[hid + i] + b_ih[hid + i] + acc_b[hid + i])
+            hn_i = acc_b[2 * hid + i]
+            ng = fast_tanh(g_b[2 * hid + i] + b_ih[2 * hid + i] + rg * hn_i)
+            g_b[i] = rg
+            g_b[hid + i] = zg
+            g_b[2 * hid + i] = ng
+            hn_b[i] = hn_i
+            h_b[i] = ng + zg * (hp[i] - ng)
+
+
+@njit(cache=True, error_model="numpy")
+def _gru_gate_grad_rows(g, hn, h_prev, d_out, dh, dz, db_rows, d_hidden, store, b0, b1):
+    """Rows ``b0:b1`` of one backward step: ``dh`` holds the chunk's rows (row ``b`` at
+    ``b - b0``), on entry the gradient through the step after t, on exit ``dL/dh<t> * z<t>``
+    (the direct path to h<t-1>); ``d_hidden`` (B, H) gets dL/dh<t> if ``store``. Shared by the
+    batch-chunked and the BLAS-step backward."""
+    hid = hn.shape[1]
+    one = one_like(g[0, 0])
+    for b in range(b0, b1):
+        g_b = g[b]
+        hn_b = hn[b]
+        hp = h_prev[b]
+        do_b = d_out[b]
+        dz_b = dz[b]
+        dh_b = dh[b - b0]
+        for i in range(hid):
+            rg = g_b[i]
+            zg = g_b[hid + i]
+            ng = g_b[2 * hid + i]
+            dht = do_b[i] + dh_b[i]
+            dn = dht * (one - zg) * (one - ng * ng)
+            dz_b[i] = dn * hn_b[i] * rg * (one - rg)
+            dz_b[hid + i] = dht * (hp[i] - ng) * zg * (one - zg)
+            dz_b[2 * hid + i] = dn
+            dz_b[3 * hid + i] = dn * rg
+            dh_b[i] = dht
+        if store:
+            d_h = d_hidden[b]
+            for i in range(hid):
+                d_h[i] = dh_b[i]
+        for i in range(hid):
+            dh_b[i] = dh_b[i] * g_b[hid + i]
+        db_b = db_rows[b]
+        for k in range(4 * hid):
+            db_b[k] += dz_b[k]
+
+
 @njit(cache=True, parallel=True, error_model="numpy")
 def gru_recurrence(w_hh_t, b_ih, b_hh, h0, reverse, gates, hn, hidden, n_chunks):
     """Run the GRU recurrence of one layer in one direction, in place.
@@ -71,23 +132,7 @@ def gru_recurrence(w_hh_t, b_ih, b_hh, h0, reverse, gates, hn, hidden, n_chunks)
                 for i in range(width):
                     acc[bb, i] = b_hh[i]
             accumulate_product(acc, 0, h_prev, b0, 0, w_hh_t, 0, hid, nb)
-            for bb in range(nb):
-                b = b0 + bb
-                acc_b = acc[bb]
-                g_b = gates[t, b]
-                hn_b = hn[t, b]
-                h_b = hidden[t, b]
-                hp = h_prev[b]
-                for i in range(hid):
-                    rg = fast_sigmoid(g_b[i] + b_ih[i] + acc_b[i])
-                    zg = fast_sigmoid(g_b[hid + i] + b_ih[hid + i] + acc_b[hid + i])
-                    hn_i = acc_b[2 * hid + i]
-                    ng = fast_tanh(g_b[2 * hid + i] + b_ih[2 * hid + i] + rg * hn_i)
-                    g_b[i] = rg
-                    g_b[hid + i] = zg
-                    g_b[2 * hid + i] = ng
-                    hn_b[i] = hn_i
-                    h_b[i] = ng + zg * (hp[i] - ng)
+            _gru_gate_rows(gates[t], acc, b_ih, h_prev, hn[t], hidden[t], b0, b1)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -127,7 +172,6 @@ def gru_recurrence_backward(w_hh, h0, gates, hn, hidden, d_out, dh_n, reverse, d
     """
     n_steps, batch, hid = hidden.shape
     store_hidden = d_hidden.shape[0] > 0
-    one = one_like(gates[0, 0, 0])
     for ch in prange(n_chunks):
         b0 = ch * batch // n_chunks
         b1 = (ch + 1) * batch // n_chunks
@@ -139,33 +183,8 @@ def gru_recurrence_backward(w_hh, h0, gates, hn, hidden, d_out, dh_n, reverse, d
         for s in range(n_steps - 1, -1, -1):
             t = n_steps - 1 - s if reverse else s
             h_prev = h0 if s == 0 else hidden[t + 1 if reverse else t - 1]
-            for bb in range(nb):
-                b = b0 + bb
-                g_b = gates[t, b]
-                hn_b = hn[t, b]
-                hp = h_prev[b]
-                do_b = d_out[t, b]
-                dz_b = dz[t, b]
-                dh_b = dh[bb]
-                for i in range(hid):
-                    rg = g_b[i]
-                    zg = g_b[hid + i]
-                    ng = g_b[2 * hid + i]
-                    dht = do_b[i] + dh_b[i]
-                    dn = dht * (one - zg) * (one - ng * ng)
-                    dz_b[i] = dn * hn_b[i] * rg * (one - rg)
-                    dz_b[hid + i] = dht * (hp[i] - ng) * zg * (one - zg)
-                    dz_b[2 * hid + i] = dn
-                    dz_b[3 * hid + i] = dn * rg
-                    dh_b[i] = dht
-                if store_hidden:
-                    for i in range(hid):
-                        d_hidden[t, b, i] = dh_b[i]
-                for i in range(hid):
-                    dh_b[i] = dh_b[i] * g_b[hid + i]
-                db_b = db_rows[b]
-                for k in range(4 * hid):
-                    db_b[k] += dz_b[k]
+            _gru_gate_grad_rows(gates[t], hn[t], h_prev, d_out[t], dh, dz[t], db_rows,
+                                d_hidden[t] if store_hidden else dh, store_hidden, b0, b1)
             # dh<t-1> += dz_hh<t> W_hh: gate rows r, z (columns 0:2H of dz), then n (3H:4H)
             accumulate_product(dh, 0, dz[t], b0, 0, w_hh, 0, 2 * hid, nb)
             accumulate_product(dh, 0, dz[t], b0, 3 * hid, w_hh, 2 * hid, hid, nb)
@@ -204,29 +223,6 @@ def gru_blas_steps(batch, hidden, dtype):
     return batch * GATES * hidden * hidden * np.dtype(dtype).itemsize >= GRU_BLAS_STEP_BYTES
 
 
-@njit(cache=True, error_model="numpy")
-def _gru_cell_step(g, acc, b_ih, h_prev, hn_out, h_out):
-    """One step's cell update, rows in order: ``g`` (B, 3H) holds ``W_ih x<t>`` on entry and the
-    gate activations on exit; ``acc`` is ``h<t-1> W_hh^T + b_hh``."""
-    hid = h_out.shape[1]
-    for b in range(g.shape[0]):
-        g_b = g[b]
-        acc_b = acc[b]
-        hn_b = hn_out[b]
-        h_b = h_out[b]
-        hp = h_prev[b]
-        for i in range(hid):
-            rg = fast_sigmoid(g_b[i] + b_ih[i] + acc_b[i])
-            zg = fast_sigmoid(g_b[hid + i] + b_ih[hid + i] + acc_b[hid + i])
-            hn_i = acc_b[2 * hid + i]
-            ng = fast_tanh(g_b[2 * hid + i] + b_ih[2 * hid + i] + rg * hn_i)
-            g_b[i] = rg
-            g_b[hid + i] = zg
-            g_b[2 * hid + i] = ng
-            hn_b[i] = hn_i
-            h_b[i] = ng + zg * (hp[i] - ng)
-
-
 def gru_recurrence_blas(w_hh, b_ih, b_hh, h0, reverse, gates, hn, hidden):
     """:func:`gru_recurrence` with one BLAS product a step (for large ``B * 3H * H``).
 
@@ -241,43 +237,7 @@ def gru_recurrence_blas(w_hh, b_ih, b_hh, h0, reverse, gates, hn, hidden):
         h_prev = h0 if s == 0 else hidden[t + 1 if reverse else t - 1]
         np.matmul(h_prev, w_hh_t, out=acc)
         acc += b_hh
-        _gru_cell_step(gates[t], acc, b_ih, h_prev, hn[t], hidden[t])
-
-
-@njit(cache=True, error_model="numpy")
-def _gru_cell_grad_step(g, hn, h_prev, d_out, dh, dz, db_rows, d_hidden, store):
-    """One step of :func:`gru_recurrence_backward`'s elementwise part, rows in order: ``dh``
-    (B, H) holds the gradient through the step after t on entry and ``dL/dh<t> * z<t>`` (the
-    direct path to h<t-1>) on exit."""
-    hid = hn.shape[1]
-    one = one_like(g[0, 0])
-    for b in range(g.shape[0]):
-        g_b = g[b]
-        hn_b = hn[b]
-        hp = h_prev[b]
-        do_b = d_out[b]
-        dz_b = dz[b]
-        dh_b = dh[b]
-        for i in range(hid):
-            rg = g_b[i]
-            zg = g_b[hid + i]
-            ng = g_b[2 * hid + i]
-            dht = do_b[i] + dh_b[i]
-            dn = dht * (one - zg) * (one - ng * ng)
-            dz_b[i] = dn * hn_b[i] * rg * (one - rg)
-            dz_b[hid + i] = dht * (hp[i] - ng) * zg * (one - zg)
-            dz_b[2 * hid + i] = dn
-            dz_b[3 * hid + i] = dn * rg
-            dh_b[i] = dht
-        if store:
-            d_h = d_hidden[b]
-            for i in range(hid):
-                d_h[i] = dh_b[i]
-        for i in range(hid):
-            dh_b[i] = dh_b[i] * g_b[hid + i]
-        db_b = db_rows[b]
-        for k in range(4 * hid):
-            db_b[k] += dz_b[k]
+        _gru_gate_rows(gates[t], acc, b_ih, h_prev, hn[t], hidden[t], 0, acc.shape[0])
 
 
 def gru_recurrence_backward_blas(w_hh, h0, gates, hn, hidden, d_out, dh_n, reverse, dz, dh0,
@@ -291,8 +251,8 @@ def gru_recurrence_backward_blas(w_hh, h0, gates, hn, hidden, d_out, dh_n, rever
     for s in range(n_steps - 1, -1, -1):
         t = n_steps - 1 - s if reverse else s
         h_prev = h0 if s == 0 else hidden[t + 1 if reverse else t - 1]
-        _gru_cell_grad_step(gates[t], hn[t], h_prev, d_out[t], dh, dz[t], db_rows,
-                            d_hidden[t] if store else dh, store)
+        _gru_gate_grad_rows(gates[t], hn[t], h_prev, d_out[t], dh, dz[t], db_rows,
+                            d_hidden[t] if store else dh, store, 0, batch)
         # dh<t-1> += dz_hh<t> W_hh: gate rows r, z (columns 0:2H of dz), then n (3H:4H)
         np.matmul(dz[t, :, :2 * hid], w_hh[:2 * hid], out=prod)
         dh += prod

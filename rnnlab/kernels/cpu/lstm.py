@@ -36,6 +36,93 @@ GATES = 4
 # keeps LLVM from vectorising the gate loops (measured: scalar vdivss instead of vdivps zmm).
 
 
+@njit(cache=True, error_model="numpy")
+def _lstm_gate_rows(z, c_prev, c_out, h_out, b0, b1):
+    """Rows ``b0:b1`` of one step: the gate activations over the pre-activations ``z`` (B, 4H),
+    in place, and ``c<t>``, ``h<t>``. Shared by the batch-chunked and the BLAS-step forward."""
+    hid = c_out.shape[1]
+    for b in range(b0, b1):
+        z_b = z[b]
+        # one slice per gate: loops from 0 over disjoint slices vectorise (indexing z_b at i and
+        # hid + i in one loop ran scalar, 5x slower: float32 B = 128, H = 512 1.19 -> 0.20 ms
+        # a step)
+        z_i = z_b[0:hid]
+        z_f = z_b[hid:2 * hid]
+        z_g = z_b[2 * hid:3 * hid]
+        z_o = z_b[3 * hid:4 * hid]
+        cp = c_prev[b]
+        c_b = c_out[b]
+        h_b = h_out[b]
+        for i in range(hid):
+            ig = fast_sigmoid(z_i[i])
+            fg = fast_sigmoid(z_f[i])
+            gg = fast_tanh(z_g[i])
+            og = fast_sigmoid(z_o[i])
+            cc = fg * cp[i] + ig * gg
+            z_i[i] = ig
+            z_f[i] = fg
+            z_g[i] = gg
+            z_o[i] = og
+            c_b[i] = cc
+            h_b[i] = og * fast_tanh(cc)
+
+
+@njit(cache=True, error_model="numpy")
+def _lstm_gate_grad_rows(g, c, c_prev, d_out, dh, dc, dz, db_rows, d_hidden, d_cell, store, b0,
+                         b1, f_row):
+    """Rows ``b0:b1`` of one backward step. ``dh``, ``dc`` hold the chunk's rows (row ``b`` at
+    ``b - b0``): on entry the gradients through the step after t, on exit dL/dh<t> and
+    dL/dc<t> * f<t>. ``dz`` may be ``g`` (each unit's gates are read before its gradients are
+    written; ``f_row`` keeps f). ``d_hidden``, ``d_cell`` (B, H) get dL/dh<t>, dL/dc<t> if
+    ``store``. Shared by the batch-chunked and the BLAS-step backward."""
+    hid = c.shape[1]
+    width = g.shape[1]
+    one = one_like(g[0, 0])
+    for b in range(b0, b1):
+        g_b = g[b]
+        dz_b = dz[b]
+        c_b = c[b]
+        cp = c_prev[b]
+        do_b = d_out[b]
+        dh_b = dh[b - b0]
+        dc_b = dc[b - b0]
+        # one slice per gate (see _lstm_gate_rows)
+        g_i = g_b[0:hid]
+        g_f = g_b[hid:2 * hid]
+        g_g = g_b[2 * hid:3 * hid]
+        g_o = g_b[3 * hid:4 * hid]
+        dz_i = dz_b[0:hid]
+        dz_f = dz_b[hid:2 * hid]
+        dz_g = dz_b[2 * hid:3 * hid]
+        dz_o = dz_b[3 * hid:4 * hid]
+        for i in range(hid):
+            ig = g_i[i]
+            fg = g_f[i]
+            gg = g_g[i]
+            og = g_o[i]
+            tc = fast_tanh(c_b[i])
+            dht = do_b[i] + dh_b[i]
+            dct = dc_b[i] + dht * og * (one - tc * tc)
+            dz_i[i] = dct * gg * ig * (one - ig)
+            dz_f[i] = dct * cp[i] * fg * (one - fg)
+            dz_g[i] = dct * ig * (one - gg * gg)
+            dz_o[i] = dht * tc * og * (one - og)
+            dc_b[i] = dct
+            dh_b[i] = dht
+            f_row[i] = fg
+        if store:
+            d_h = d_hidden[b]
+            d_c = d_cell[b]
+            for i in range(hid):
+                d_h[i] = dh_b[i]
+                d_c[i] = dc_b[i]
+        for i in range(hid):
+            dc_b[i] = dc_b[i] * f_row[i]
+        db_b = db_rows[b]
+        for k in range(width):
+            db_b[k] += dz_b[k]
+
+
 @njit(cache=True, parallel=True, error_model="numpy")
 def lstm_recurrence(w_hh_t, bias, h0, c0, reverse, gates, cells, hidden, n_chunks):
     """Run the LSTM recurrence of one layer in one direction, in place.
@@ -78,30 +165,7 @@ def lstm_recurrence(w_hh_t, bias, h0, c0, reverse, gates, cells, hidden, n_chunk
                 for i in range(width):
                     z_b[i] = z_b[i] + bias[i]
             accumulate_product(z, b0, h_prev, b0, 0, w_hh_t, 0, hid, b1 - b0)
-            for b in range(b0, b1):
-                z_b = z[b]
-                # one slice per gate: loops from 0 over disjoint slices vectorise (indexing z_b
-                # at i and hid + i in one loop ran scalar, 5x slower: float32 B = 128, H = 512
-                # 1.19 -> 0.20 ms a step)
-                z_i = z_b[0:hid]
-                z_f = z_b[hid:2 * hid]
-                z_g = z_b[2 * hid:3 * hid]
-                z_o = z_b[3 * hid:4 * hid]
-                cp = c_prev[b]
-                c_b = cells[t, b]
-                h_b = hidden[t, b]
-                for i in range(hid):
-                    ig = fast_sigmoid(z_i[i])
-                    fg = fast_sigmoid(z_f[i])
-                    gg = fast_tanh(z_g[i])
-                    og = fast_sigmoid(z_o[i])
-                    cc = fg * cp[i] + ig * gg
-                    z_i[i] = ig
-                    z_f[i] = fg
-                    z_g[i] = gg
-                    z_o[i] = og
-                    c_b[i] = cc
-                    h_b[i] = og * fast_tanh(cc)
+            _lstm_gate_rows(z, c_prev, cells[t], hidden[t], b0, b1)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -143,7 +207,6 @@ def lstm_recurrence_backward(w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reve
     n_steps, batch, hid = cells.shape
     width = gates.shape[2]
     store_hidden = d_hidden.shape[0] > 0
-    one = one_like(gates[0, 0, 0])
     for ch in prange(n_chunks):
         b0 = ch * batch // n_chunks
         b1 = (ch + 1) * batch // n_chunks
@@ -158,48 +221,10 @@ def lstm_recurrence_backward(w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reve
         for s in range(n_steps - 1, -1, -1):
             t = n_steps - 1 - s if reverse else s
             c_prev = c0 if s == 0 else cells[t + 1 if reverse else t - 1]
-            for bb in range(nb):
-                b = b0 + bb
-                g_b = gates[t, b]
-                c_b = cells[t, b]
-                cp = c_prev[b]
-                do_b = d_out[t, b]
-                dz_b = dz[t, b]
-                dh_b = dh[bb]
-                dc_b = dc[bb]
-                # one slice per gate (see lstm_recurrence)
-                g_i = g_b[0:hid]
-                g_f = g_b[hid:2 * hid]
-                g_g = g_b[2 * hid:3 * hid]
-                g_o = g_b[3 * hid:4 * hid]
-                dz_i = dz_b[0:hid]
-                dz_f = dz_b[hid:2 * hid]
-                dz_g = dz_b[2 * hid:3 * hid]
-                dz_o = dz_b[3 * hid:4 * hid]
-                for i in range(hid):
-                    ig = g_i[i]
-                    fg = g_f[i]
-                    gg = g_g[i]
-                    og = g_o[i]
-                    tc = fast_tanh(c_b[i])
-                    dht = do_b[i] + dh_b[i]
-                    dct = dc_b[i] + dht * og * (one - tc * tc)
-                    dz_i[i] = dct * gg * ig * (one - ig)
-                    dz_f[i] = dct * cp[i] * fg * (one - fg)
-                    dz_g[i] = dct * ig * (one - gg * gg)
-                    dz_o[i] = dht * tc * og * (one - og)
-                    dc_b[i] = dct
-                    dh_b[i] = dht
-                    f_row[i] = fg
-                if store_hidden:
-                    for i in range(hid):
-                        d_hidden[t, b, i] = dh_b[i]
-                        d_cell[t, b, i] = dc_b[i]
-                for i in range(hid):
-                    dc_b[i] = dc_b[i] * f_row[i]
-                db_b = db_rows[b]
-                for k in range(width):
-                    db_b[k] += dz_b[k]
+            _lstm_gate_grad_rows(gates[t], cells[t], c_prev, d_out[t], dh, dc, dz[t], db_rows,
+                                 d_hidden[t] if store_hidden else dh,
+                                 d_cell[t] if store_hidden else dc, store_hidden, b0, b1,
+                                 f_row)
             # dh<t-1> = dz<t> W_hh
             dh[:, :] = 0
             accumulate_product(dh, 0, dz[t], b0, 0, w_hh, 0, width, nb)
@@ -488,36 +513,14 @@ def lstm_blas_steps(batch, hidden, dtype):
 
 @njit(cache=True, error_model="numpy")
 def _lstm_cell_step(z, prod, bias, c_prev, c_out, h_out):
-    """One step's cell update, rows in order: ``z`` (B, 4H) holds ``W_ih x<t>`` on entry and the
+    """One step's cell update, all rows: ``z`` (B, 4H) holds ``W_ih x<t>`` on entry and the
     gate activations on exit; ``prod`` is ``h<t-1> W_hh^T``."""
-    hid = c_out.shape[1]
-    width = z.shape[1]
     for b in range(z.shape[0]):
         z_b = z[b]
         p_b = prod[b]
-        for i in range(width):
+        for i in range(z.shape[1]):
             z_b[i] = (z_b[i] + bias[i]) + p_b[i]
-        # one slice per gate: loops from 0 over disjoint slices vectorise (indexing z_b at
-        # i and hid + i in one loop measured 5x slower, scalar)
-        z_i = z_b[0:hid]
-        z_f = z_b[hid:2 * hid]
-        z_g = z_b[2 * hid:3 * hid]
-        z_o = z_b[3 * hid:4 * hid]
-        cp = c_prev[b]
-        c_b = c_out[b]
-        h_b = h_out[b]
-        for i in range(hid):
-            ig = fast_sigmoid(z_i[i])
-            fg = fast_sigmoid(z_f[i])
-            gg = fast_tanh(z_g[i])
-            og = fast_sigmoid(z_o[i])
-            cc = fg * cp[i] + ig * gg
-            z_i[i] = ig
-            z_f[i] = fg
-            z_g[i] = gg
-            z_o[i] = og
-            c_b[i] = cc
-            h_b[i] = og * fast_tanh(cc)
+    _lstm_gate_rows(z, c_prev, c_out, h_out, 0, z.shape[0])
 
 
 def lstm_recurrence_blas(w_hh, bias, h0, c0, reverse, gates, cells, hidden):
@@ -538,74 +541,21 @@ def lstm_recurrence_blas(w_hh, bias, h0, c0, reverse, gates, cells, hidden):
         _lstm_cell_step(gates[t], prod, bias, c_prev, cells[t], hidden[t])
 
 
-@njit(cache=True, error_model="numpy")
-def _lstm_cell_grad_step(g, c, c_prev, d_out, dh, dc, dz, db_rows, d_hidden, d_cell, store):
-    """One step of :func:`lstm_recurrence_backward`'s elementwise part, rows in order: ``dh``
-    (B, H) holds ``dz<t+1> W_hh`` on entry; ``dc`` is carried (dL/dc<t> on exit, times f<t>);
-    ``dz`` may be ``g`` (each unit's gates are read before its gradients are written)."""
-    hid = c.shape[1]
-    width = g.shape[1]
-    one = one_like(g[0, 0])
-    f_row = np.empty(hid, dtype=g.dtype)  # f<t> of a row, read before dz overwrites it
-    for b in range(g.shape[0]):
-        g_b = g[b]
-        dz_b = dz[b]
-        # one slice per gate (see _lstm_cell_step)
-        g_i = g_b[0:hid]
-        g_f = g_b[hid:2 * hid]
-        g_g = g_b[2 * hid:3 * hid]
-        g_o = g_b[3 * hid:4 * hid]
-        dz_i = dz_b[0:hid]
-        dz_f = dz_b[hid:2 * hid]
-        dz_g = dz_b[2 * hid:3 * hid]
-        dz_o = dz_b[3 * hid:4 * hid]
-        c_b = c[b]
-        cp = c_prev[b]
-        do_b = d_out[b]
-        dh_b = dh[b]
-        dc_b = dc[b]
-        for i in range(hid):
-            ig = g_i[i]
-            fg = g_f[i]
-            gg = g_g[i]
-            og = g_o[i]
-            tc = fast_tanh(c_b[i])
-            dht = do_b[i] + dh_b[i]
-            dct = dc_b[i] + dht * og * (one - tc * tc)
-            dz_i[i] = dct * gg * ig * (one - ig)
-            dz_f[i] = dct * cp[i] * fg * (one - fg)
-            dz_g[i] = dct * ig * (one - gg * gg)
-            dz_o[i] = dht * tc * og * (one - og)
-            dh_b[i] = dht
-            dc_b[i] = dct
-            f_row[i] = fg
-        if store:
-            d_h = d_hidden[b]
-            d_c = d_cell[b]
-            for i in range(hid):
-                d_h[i] = dh_b[i]
-                d_c[i] = dc_b[i]
-        for i in range(hid):
-            dc_b[i] = dc_b[i] * f_row[i]
-        db_b = db_rows[b]
-        for k in range(width):
-            db_b[k] += dz_b[k]
-
-
 def lstm_recurrence_backward_blas(w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reverse, dz,
                                   dh0, dc0, db_rows, d_hidden, d_cell):
     """:func:`lstm_recurrence_backward` with one BLAS product a step (for large
     ``B * 4H * H``); same arguments, without the chunk count."""
-    n_steps = cells.shape[0]
+    n_steps, batch, hid = cells.shape
     store = d_hidden.shape[0] > 0
     dh = np.array(dh_n, dtype=gates.dtype)  # dL/dh<t> through the step after t
     dc = np.array(dc_n, dtype=gates.dtype)  # dL/dc<t> through the step after t
+    f_row = np.empty(hid, dtype=gates.dtype)
     for s in range(n_steps - 1, -1, -1):
         t = n_steps - 1 - s if reverse else s
         c_prev = c0 if s == 0 else cells[t + 1 if reverse else t - 1]
-        k = t if store else 0
-        _lstm_cell_grad_step(gates[t], cells[t], c_prev, d_out[t], dh, dc, dz[t], db_rows,
-                             d_hidden[k] if store else dh, d_cell[k] if store else dc, store)
+        _lstm_gate_grad_rows(gates[t], cells[t], c_prev, d_out[t], dh, dc, dz[t], db_rows,
+                             d_hidden[t] if store else dh, d_cell[t] if store else dc, store,
+                             0, batch, f_row)
         np.matmul(dz[t], w_hh, out=dh)  # dh<t-1> = dz<t> W_hh
     dh0[...] = dh
     dc0[...] = dc
