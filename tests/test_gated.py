@@ -16,6 +16,8 @@ from rnnlab.kernels.cpu import blas as blas_kernels
 from rnnlab.kernels.cpu import gru as gru_kernels
 from rnnlab.kernels.cpu import lstm as lstm_kernels
 from rnnlab import _scratch as scratch_pool
+from rnnlab._blas import blas_threads_for
+from rnnlab.kernels.cpu.blas import bind_gemm
 
 from conftest import numerical_gradient, relative_error
 
@@ -671,12 +673,13 @@ def test_lstm_forward_picks_the_unit_split_for_a_large_w_hh(monkeypatch):
         np.testing.assert_array_equal(chunked[name], split[name])
 
 
-@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("in_place, chunks", [(False, 1), (True, 3)])
 @pytest.mark.parametrize("store_hidden", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_lstm_blas_step_kernels_match_the_compiled_loops(in_place, store_hidden, reverse):
-    """One BLAS product a step (large B * 4H * H) computes what the loops compute, up to the
-    products' summation order; dz may be written over the gates there too."""
+def test_lstm_blas_step_kernels_match_the_compiled_loops(in_place, chunks, store_hidden, reverse):
+    """One BLAS product a step per batch chunk (large B * 4H * H) computes what the loops
+    compute, up to the products' summation order; dz may be written over the gates there too."""
+    ilp64 = bind_gemm()
     rng = np.random.default_rng(21)
     T, batch, hidden, I = 7, 5, 9, 4
     x = rng.standard_normal((T, batch, I))
@@ -692,7 +695,9 @@ def test_lstm_blas_step_kernels_match_the_compiled_loops(in_place, store_hidden,
         gates = proj.copy()
         cells, hid = np.empty((2, T, batch, hidden))
         if blas:
-            lstm_kernels.lstm_recurrence_blas(w_hh, bias, h0, c0, reverse, gates, cells, hid)
+            with blas_threads_for(0):
+                lstm_kernels.lstm_recurrence_blas(np.ascontiguousarray(w_hh.T), bias, h0, c0,
+                                                  reverse, gates, cells, hid, chunks, ilp64)
         else:
             lstm_kernels.lstm_recurrence(np.ascontiguousarray(w_hh.T), bias, h0, c0, reverse,
                                          gates, cells, hid, 2)
@@ -702,9 +707,10 @@ def test_lstm_blas_step_kernels_match_the_compiled_loops(in_place, store_hidden,
         db_rows = np.zeros((batch, 4 * hidden))
         d_hidden, d_cell = np.empty((2, T if store_hidden else 0, batch, hidden))
         if blas:
-            lstm_kernels.lstm_recurrence_backward_blas(
-                w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reverse, dz, dh0, dc0, db_rows,
-                d_hidden, d_cell)
+            with blas_threads_for(0):
+                lstm_kernels.lstm_recurrence_backward_blas(
+                    w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reverse, dz, dh0, dc0,
+                    db_rows, d_hidden, d_cell, chunks, ilp64)
         else:
             lstm_kernels.lstm_recurrence_backward(
                 w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reverse, dz, dh0, dc0, db_rows,
@@ -724,6 +730,7 @@ def test_lstm_blas_steps_match_pytorch(ref, monkeypatch):
         monkeypatch.setattr(lstm_kernels, name,
                             lambda *a, _fn=fn, _n=name: (calls.append(_n), _fn(*a))[1])
     monkeypatch.setattr(lstm_kernels, "LSTM_BLAS_STEP_BYTES", 0)
+    monkeypatch.setattr(lstm_kernels, "LSTM_BLAS_STEP_BATCH", 1)
     test_forward_and_gradients_match_pytorch(ref, "lstm")
     # forward and backward of both layers in both directions ran on BLAS steps
     assert calls.count("lstm_recurrence_blas") >= 4
@@ -731,17 +738,21 @@ def test_lstm_blas_steps_match_pytorch(ref, monkeypatch):
 
 
 def test_lstm_blas_steps_rule():
-    assert lstm_kernels.lstm_blas_steps(128, 512, np.float32)  # 512 MiB of multiply-adds a step
-    assert lstm_kernels.lstm_blas_steps(32, 512, np.float64)
-    assert not lstm_kernels.lstm_blas_steps(128, 256, np.float32)
+    assert lstm_kernels.lstm_blas_steps(128, 512, np.float32)  # 2^29 bytes of multiply-adds
+    assert lstm_kernels.lstm_blas_steps(32, 512, np.float32)  # 2^27
+    assert lstm_kernels.lstm_blas_steps(32, 256, np.float64)  # 2^26
+    assert not lstm_kernels.lstm_blas_steps(32, 256, np.float32)  # 2^25
+    assert not lstm_kernels.lstm_blas_steps(8, 1024, np.float64)  # too few rows a chunk
     assert not lstm_kernels.lstm_blas_steps(1, 1024, np.float64)
     assert not lstm_kernels.lstm_blas_steps(8, 64, np.float32)
 
 
 @pytest.mark.parametrize("store_hidden", [False, True])
-@pytest.mark.parametrize("reverse", [False, True])
-def test_gru_blas_step_kernels_match_the_compiled_loops(store_hidden, reverse):
-    """The GRU's BLAS-step recurrences compute what the loops compute, up to summation order."""
+@pytest.mark.parametrize("reverse, chunks", [(False, 1), (True, 3)])
+def test_gru_blas_step_kernels_match_the_compiled_loops(store_hidden, reverse, chunks):
+    """The GRU's BLAS-step recurrences (one BLAS product a step per batch chunk) compute what
+    the loops compute, up to summation order."""
+    ilp64 = bind_gemm()
     rng = np.random.default_rng(23)
     T, batch, hidden, I = 7, 5, 9, 4
     x = rng.standard_normal((T, batch, I))
@@ -757,7 +768,9 @@ def test_gru_blas_step_kernels_match_the_compiled_loops(store_hidden, reverse):
         gates = proj.copy()
         hn, hid = np.empty((2, T, batch, hidden))
         if blas:
-            gru_kernels.gru_recurrence_blas(w_hh, b_ih, b_hh, h0, reverse, gates, hn, hid)
+            with blas_threads_for(0):
+                gru_kernels.gru_recurrence_blas(np.ascontiguousarray(w_hh.T), b_ih, b_hh, h0,
+                                                reverse, gates, hn, hid, chunks, ilp64)
         else:
             gru_kernels.gru_recurrence(np.ascontiguousarray(w_hh.T), b_ih, b_hh, h0, reverse,
                                        gates, hn, hid, 2)
@@ -766,8 +779,10 @@ def test_gru_blas_step_kernels_match_the_compiled_loops(store_hidden, reverse):
         db_rows = np.zeros((batch, 4 * hidden))
         d_hidden = np.empty((T if store_hidden else 0, batch, hidden))
         if blas:
-            gru_kernels.gru_recurrence_backward_blas(w_hh, h0, gates, hn, hid, d_out, dh_n,
-                                                     reverse, dz, dh0, db_rows, d_hidden)
+            with blas_threads_for(0):
+                gru_kernels.gru_recurrence_backward_blas(w_hh, h0, gates, hn, hid, d_out, dh_n,
+                                                         reverse, dz, dh0, db_rows, d_hidden,
+                                                         chunks, ilp64)
         else:
             gru_kernels.gru_recurrence_backward(w_hh, h0, gates, hn, hid, d_out, dh_n, reverse,
                                                 dz, dh0, db_rows, d_hidden, 2)
@@ -786,6 +801,7 @@ def test_gru_blas_steps_match_pytorch(ref, monkeypatch):
         monkeypatch.setattr(gru_kernels, name,
                             lambda *a, _fn=fn, _n=name: (calls.append(_n), _fn(*a))[1])
     monkeypatch.setattr(gru_kernels, "GRU_BLAS_STEP_BYTES", 0)
+    monkeypatch.setattr(gru_kernels, "GRU_BLAS_STEP_BATCH", 1)
     test_forward_and_gradients_match_pytorch(ref, "gru")
     assert calls.count("gru_recurrence_blas") >= 4
     assert calls.count("gru_recurrence_backward_blas") == 4
@@ -793,5 +809,8 @@ def test_gru_blas_steps_match_pytorch(ref, monkeypatch):
 
 def test_gru_blas_steps_rule():
     assert gru_kernels.gru_blas_steps(128, 512, np.float64)  # 805 MB of multiply-adds a step
-    assert not gru_kernels.gru_blas_steps(128, 512, np.float32)
+    assert gru_kernels.gru_blas_steps(128, 512, np.float32)
+    assert gru_kernels.gru_blas_steps(32, 512, np.float32)  # 101 MB
+    assert not gru_kernels.gru_blas_steps(32, 256, np.float64)  # 50 MB
+    assert not gru_kernels.gru_blas_steps(8, 1024, np.float64)  # too few rows a chunk
     assert not gru_kernels.gru_blas_steps(1, 1024, np.float64)

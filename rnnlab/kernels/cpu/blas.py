@@ -357,6 +357,74 @@ def prev_state_tasks(dz, hidden, h0, reverse, out):
             for r0, r1 in _blocks(width, work)]
 
 
+
+# ------------------------------------------------------------ one BLAS call inside a kernel
+# For per-step products large enough that BLAS beats the compiled loops and tiles below (one
+# thread: float32 64 x 512 @ 512 x 2048 at 65 G multiply-adds/s here, the tiles at about 40),
+# a compiled recurrence may call the GEMM itself, one call per step on its own chunk of the
+# batch: no Python between steps, no BLAS threads (the caller limits BLAS to one thread, and
+# binds the GEMMs with bind_gemm() first).
+
+
+def bind_gemm():
+    """Bind the GEMMs for :func:`blas_product`; returns ``ilp64`` (its last argument)."""
+    _bind_gemm()
+    return _ilp64
+
+
+@njit(cache=True)
+def gemm_scratch():
+    """Per-thread scratch for :func:`blas_product` (the descriptor and scalar arguments)."""
+    return (np.empty((1, 12), np.int64), np.empty(2, np.uint8), np.empty(6, np.int32),
+            np.empty(6, np.int64), np.empty(2, np.float32), np.empty(2, np.float64))
+
+
+@njit(cache=True)
+def blas_product(out, out_row0, a, a_row0, a_col0, w, w_row0, n_inner, n_rows, accumulate,
+                 ilp64, scratch):
+    """``out[out_row0 + r] (+)= a[a_row0 + r, a_col0:a_col0 + n_inner] @ w[w_row0:w_row0 +
+    n_inner]`` for ``r < n_rows``: :func:`accumulate_product` as one single-threaded BLAS GEMM
+    (the sums are BLAS's, not the loops').
+
+    Parameters
+    ----------
+    out : ndarray, shape (R, K)
+        Output, contiguous rows; overwritten, or added to if ``accumulate``.
+    out_row0, a_row0, a_col0, w_row0 : int
+        Offsets of the blocks used in ``out``, ``a`` and ``w``.
+    a : ndarray, shape (R', N')
+        Left factor, contiguous rows.
+    w : ndarray, shape (N'', K)
+        Right factor, contiguous rows.
+    n_inner, n_rows : int
+        Inner dimension and number of rows.
+    accumulate : bool
+    ilp64 : bool
+        From :func:`bind_gemm`.
+    scratch : tuple
+        From :func:`gemm_scratch`, one per thread.
+    """
+    d, chars, dims32, dims64, scalars32, scalars64 = scratch
+    it = out.itemsize
+    n = out.shape[1]
+    if n_rows <= 0 or n == 0:
+        return
+    # column-major: out^T (n x m) = w^T (n x k) a^T (k x m), each row-major factor its own
+    # transpose
+    d[0, _OP_B] = _N
+    d[0, _OP_A] = _N
+    d[0, _M] = n
+    d[0, _N_COLS] = n_rows
+    d[0, _K] = n_inner
+    d[0, _LD_B] = w.strides[0] // it
+    d[0, _LD_A] = a.strides[0] // it
+    d[0, _LD_C] = out.strides[0] // it
+    d[0, _BETA] = 1 if accumulate else 0
+    d[0, _PTR_B] = w.ctypes.data + w_row0 * w.strides[0]
+    d[0, _PTR_A] = a.ctypes.data + a_row0 * a.strides[0] + a_col0 * it
+    d[0, _PTR_C] = out.ctypes.data + out_row0 * out.strides[0]
+    _run_gemm(d, 0, it == 8, ilp64, chars, dims32, dims64, scalars32, scalars64)
+
 # ------------------------------------------------------------------- the per-step product
 # On CPUs with AVX-512 (32 vector registers), most of the per-step product runs as register
 # tiles: 4 rows x 4 vectors of acc (4 x 64 float32 or 4 x 32 float64) stay in registers for the

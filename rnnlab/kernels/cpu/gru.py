@@ -23,7 +23,9 @@ import numpy as np
 from numba import njit, prange
 
 from ...activations import fast_sigmoid, fast_tanh, one_like
-from .blas import accumulate_product, matmul_tasks, prev_state_tasks, run_products
+from ..._blas import blas_threads_for
+from .blas import (accumulate_product, bind_gemm, blas_product, gemm_scratch, matmul_tasks,
+                   prev_state_tasks, run_products)
 from .vanilla import chunk_threads, n_chunks
 
 #: Gate blocks stacked in the weights: r, z, n.
@@ -195,19 +197,23 @@ def gru_recurrence_backward(w_hh, h0, gates, hn, hidden, d_out, dh_n, reverse, d
 
 # ------------------------------------------------------------------ large batch x hidden
 # As for the LSTM (rnnlab.kernels.cpu.lstm.lstm_recurrence_blas): when a step is itself a large
-# matrix product (B x H by H x 3H), the time loop runs in Python with one BLAS product a step and
-# a compiled elementwise pass. The sums are BLAS's, not bitwise those of the loops.
+# matrix product (B x H by H x 3H), the batch-chunked kernels run the per-step products as
+# single-threaded BLAS calls on their chunk's rows. The sums are BLAS's, not bitwise those of
+# the loops.
 
 #: Bytes of multiply-adds a step (B * 3H * H * itemsize) from which the GRU recurrence runs one
-#: BLAS product a step. Measured on 2 cores (T = 1000, forward + BPTT, compiled loops against
-#: BLAS steps, two runs each): float64 (128, 512) (805 MB a step) 19.3-19.8 against 15.5-16.0 s;
-#: float32 (128, 512) (403 MB) 6.2-6.5 against 6.6-7.0 s: the GRU's loops already run near
-#: 100 G multiply-adds/s there, unlike the LSTM's.
-GRU_BLAS_STEP_BYTES = 1 << 29
+#: BLAS product a step per batch chunk, for batches of at least GRU_BLAS_STEP_BATCH. Measured on
+#: 2 cores (Intel Xeon, AVX-512; T = 1000, forward + BPTT, compiled loops against BLAS steps):
+#: float32 (128, 512) 7.1-7.7 against 5.2-5.4 s, (32, 512) 1.63 against 1.49-1.51 s, but
+#: (128, 256) (the same bytes) 1.48-1.49 against 1.52 s; float64 (32, 512) 4.0 against 2.9 s,
+#: (128, 256) 4.3-4.4 against 3.4-3.6 s, (32, 256) (2^25.6 bytes) even; float32 (8, 512)
+#: 0.50-0.52 against 0.67-0.70 s.
+GRU_BLAS_STEP_BYTES = 1 << 26
+GRU_BLAS_STEP_BATCH = 32
 
 
 def gru_blas_steps(batch, hidden, dtype):
-    """Whether a GRU layer's recurrence runs one BLAS product a step.
+    """Whether a GRU layer's recurrence runs one BLAS product a step per batch chunk.
 
     Parameters
     ----------
@@ -217,48 +223,64 @@ def gru_blas_steps(batch, hidden, dtype):
 
     Notes
     -----
-    From ``B * 3H * H * itemsize >= GRU_BLAS_STEP_BYTES`` (2^29 bytes; the measurements are
-    beside that constant).
+    From ``B * 3H * H * itemsize >= GRU_BLAS_STEP_BYTES`` (2^26 bytes) and
+    ``B >= GRU_BLAS_STEP_BATCH`` (32); the measurements are beside those constants.
     """
-    return batch * GATES * hidden * hidden * np.dtype(dtype).itemsize >= GRU_BLAS_STEP_BYTES
+    return (batch >= GRU_BLAS_STEP_BATCH and
+            batch * GATES * hidden * hidden * np.dtype(dtype).itemsize >= GRU_BLAS_STEP_BYTES)
 
 
-def gru_recurrence_blas(w_hh, b_ih, b_hh, h0, reverse, gates, hn, hidden):
-    """:func:`gru_recurrence` with one BLAS product a step (for large ``B * 3H * H``).
-
-    Same arguments as :func:`gru_recurrence` except that ``w_hh`` is in PyTorch's layout
-    (3H, H) and there is no chunking: BLAS threads each product.
-    """
-    n_steps = hidden.shape[0]
-    acc = np.empty(gates.shape[1:], dtype=gates.dtype)
-    w_hh_t = w_hh.T
-    for s in range(n_steps):
-        t = n_steps - 1 - s if reverse else s
-        h_prev = h0 if s == 0 else hidden[t + 1 if reverse else t - 1]
-        np.matmul(h_prev, w_hh_t, out=acc)
-        acc += b_hh
-        _gru_gate_rows(gates[t], acc, b_ih, h_prev, hn[t], hidden[t], 0, acc.shape[0])
-
-
-def gru_recurrence_backward_blas(w_hh, h0, gates, hn, hidden, d_out, dh_n, reverse, dz, dh0,
-                                 db_rows, d_hidden):
-    """:func:`gru_recurrence_backward` with one BLAS product a step (for large
-    ``B * 3H * H``); same arguments, without the chunk count."""
+@njit(cache=True, parallel=True, error_model="numpy")
+def gru_recurrence_blas(w_hh_t, b_ih, b_hh, h0, reverse, gates, hn, hidden, n_chunks, ilp64):
+    """:func:`gru_recurrence` with the per-step product as one single-threaded BLAS call per
+    batch chunk (for large ``B * 3H * H``); same arguments, plus ``ilp64`` from
+    :func:`~rnnlab.kernels.cpu.blas.bind_gemm`. BLAS must be limited to one thread."""
     n_steps, batch, hid = hidden.shape
-    store = d_hidden.shape[0] > 0
-    dh = np.array(dh_n, dtype=gates.dtype)  # dL/dh<t> through the step after t
-    prod = np.empty_like(dh)
-    for s in range(n_steps - 1, -1, -1):
-        t = n_steps - 1 - s if reverse else s
-        h_prev = h0 if s == 0 else hidden[t + 1 if reverse else t - 1]
-        _gru_gate_grad_rows(gates[t], hn[t], h_prev, d_out[t], dh, dz[t], db_rows,
-                            d_hidden[t] if store else dh, store, 0, batch)
-        # dh<t-1> += dz_hh<t> W_hh: gate rows r, z (columns 0:2H of dz), then n (3H:4H)
-        np.matmul(dz[t, :, :2 * hid], w_hh[:2 * hid], out=prod)
-        dh += prod
-        np.matmul(dz[t, :, 3 * hid:], w_hh[2 * hid:], out=prod)
-        dh += prod
-    dh0[...] = dh
+    width = gates.shape[2]
+    for ch in prange(n_chunks):
+        b0 = ch * batch // n_chunks
+        b1 = (ch + 1) * batch // n_chunks
+        nb = b1 - b0
+        scratch = gemm_scratch()
+        acc = np.empty((nb, width), dtype=gates.dtype)  # W_hh h<t-1> + b_hh of the chunk
+        for s in range(n_steps):
+            t = n_steps - 1 - s if reverse else s
+            h_prev = h0 if s == 0 else hidden[t + 1 if reverse else t - 1]
+            for bb in range(nb):
+                for i in range(width):
+                    acc[bb, i] = b_hh[i]
+            blas_product(acc, 0, h_prev, b0, 0, w_hh_t, 0, hid, nb, True, ilp64, scratch)
+            _gru_gate_rows(gates[t], acc, b_ih, h_prev, hn[t], hidden[t], b0, b1)
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def gru_recurrence_backward_blas(w_hh, h0, gates, hn, hidden, d_out, dh_n, reverse, dz, dh0,
+                                 db_rows, d_hidden, n_chunks, ilp64):
+    """:func:`gru_recurrence_backward` with the per-step products as single-threaded BLAS
+    calls per batch chunk; same arguments, plus ``ilp64`` (see :func:`gru_recurrence_blas`)."""
+    n_steps, batch, hid = hidden.shape
+    store_hidden = d_hidden.shape[0] > 0
+    for ch in prange(n_chunks):
+        b0 = ch * batch // n_chunks
+        b1 = (ch + 1) * batch // n_chunks
+        nb = b1 - b0
+        scratch = gemm_scratch()
+        dh = np.empty((nb, hid), dtype=gates.dtype)  # dL/dh<t> through the step after t
+        for bb in range(nb):
+            for i in range(hid):
+                dh[bb, i] = dh_n[b0 + bb, i]
+        for s in range(n_steps - 1, -1, -1):
+            t = n_steps - 1 - s if reverse else s
+            h_prev = h0 if s == 0 else hidden[t + 1 if reverse else t - 1]
+            _gru_gate_grad_rows(gates[t], hn[t], h_prev, d_out[t], dh, dz[t], db_rows,
+                                d_hidden[t] if store_hidden else dh, store_hidden, b0, b1)
+            # dh<t-1> += dz_hh<t> W_hh: gate rows r, z (columns 0:2H of dz), then n (3H:4H)
+            blas_product(dh, 0, dz[t], b0, 0, w_hh, 0, 2 * hid, nb, True, ilp64, scratch)
+            blas_product(dh, 0, dz[t], b0, 3 * hid, w_hh, 2 * hid, hid, nb, True, ilp64,
+                         scratch)
+        for bb in range(nb):
+            for i in range(hid):
+                dh0[b0 + bb, i] = dh[bb, i]
 
 
 def gru_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, reverse=False, alloc=np.empty):
@@ -303,10 +325,14 @@ def gru_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, reverse=False, alloc=np.emp
         b_hh = np.zeros(width, dtype=x.dtype)
     hn = alloc((n_steps, batch, hid), x.dtype)
     hidden = np.empty((n_steps, batch, hid), dtype=x.dtype)
-    if gru_blas_steps(batch, hid, x.dtype):
-        gru_recurrence_blas(w_hh, b_ih, b_hh, h0, reverse, gates, hn, hidden)
-        return {"gates": gates, "hn": hn, "hidden": hidden}
     chunks = n_chunks(batch)
+    if gru_blas_steps(batch, hid, x.dtype):
+        ilp64 = bind_gemm()
+        with chunk_threads(chunks), blas_threads_for(0):
+            gru_recurrence_blas(np.ascontiguousarray(w_hh.T), b_ih, b_hh,
+                                np.ascontiguousarray(h0), reverse, gates, hn, hidden, chunks,
+                                ilp64)
+        return {"gates": gates, "hn": hn, "hidden": hidden}
     with chunk_threads(chunks):
         gru_recurrence(np.ascontiguousarray(w_hh.T), b_ih, b_hh, h0, reverse, gates, hn, hidden,
                        chunks)
@@ -348,11 +374,14 @@ def gru_layer_backward(x, w_ih, w_hh, h0, states, d_out, dh_n, reverse=False,
     dh0 = np.empty_like(h0)
     d_hidden = np.empty((n_steps if hidden_grads else 0, batch, hid), dtype=x.dtype)
     db_rows = np.zeros((batch, width + hid), dtype=np.float64)
+    chunks = n_chunks(batch)
     if gru_blas_steps(batch, hid, x.dtype):
-        gru_recurrence_backward_blas(w_hh, h0, gates, hn, hidden, d_out, dh_n, reverse, dz, dh0,
-                                     db_rows, d_hidden)
+        ilp64 = bind_gemm()
+        with chunk_threads(chunks), blas_threads_for(0):
+            gru_recurrence_backward_blas(np.ascontiguousarray(w_hh), h0, gates, hn, hidden,
+                                         d_out, dh_n, reverse, dz, dh0, db_rows, d_hidden,
+                                         chunks, ilp64)
     else:
-        chunks = n_chunks(batch)
         with chunk_threads(chunks):
             gru_recurrence_backward(w_hh, h0, gates, hn, hidden, d_out, dh_n, reverse, dz, dh0,
                                     db_rows, d_hidden, chunks)

@@ -24,8 +24,9 @@ import numpy as np
 from numba import njit, prange
 
 from ...activations import fast_sigmoid, fast_tanh, one_like
-from .blas import (accumulate_product, matmul_tasks, prev_state_tasks,  # noqa: F401 (re-exported)
-                   run_products)
+from ..._blas import blas_threads_for
+from .blas import (accumulate_product, bind_gemm, blas_product,  # noqa: F401 (re-exported)
+                   gemm_scratch, matmul_tasks, prev_state_tasks, run_products)
 from .vanilla import chunk_threads, n_chunks
 
 #: Gate blocks stacked in the weights: i, f, g, o.
@@ -477,25 +478,29 @@ def lstm_recurrence_backward_units(w_cols, h0, c0, gates, cells, d_out, dh_n, dc
 
 
 # ------------------------------------------------------------------ large batch x hidden
-# When a step is itself a large matrix product (B x H by H x 4H), BLAS does it at several times
-# the compiled loops' rate (measured, float32 (1000, 128, 512): forward recurrence 2.9 s on the
-# unit-split loops, backward 5.4 s batch-chunked, against 134 G multiply-adds each that NumPy's
-# OpenBLAS runs at about 170 G/s here). The time loop then runs in Python: one GEMM (on BLAS's
-# threads) and one compiled elementwise pass a step, as the vanilla cell's
-# :func:`~rnnlab.kernels.cpu.vanilla.rnn_recurrence_blas`. The sums are BLAS's, not bitwise
-# those of the loops.
+# When a step is itself a large matrix product (B x H by H x 4H), BLAS does it faster than the
+# compiled loops and register tiles (one thread here: float32 64 x 512 @ 512 x 2048 at 60-65 G
+# multiply-adds/s, the tiles at about 40). The kernels below are the batch-chunked ones with
+# the per-step product as one single-threaded BLAS call on the chunk's rows
+# (:func:`~rnnlab.kernels.cpu.blas.blas_product`): the whole time loop stays compiled, each
+# thread runs its own chunk with no barrier between steps, and the elementwise passes run in
+# parallel. The sums are BLAS's, not bitwise those of the loops.
 
 #: Bytes of multiply-adds a step (B * 4H * H * itemsize) from which the LSTM recurrence runs one
-#: BLAS product a step. Measured on 2 cores (T = 1000, forward + BPTT, compiled loops against
-#: BLAS steps, two runs each): float32 (128, 512) 11.3-12.0 against 6.8-7.2 s; float64
-#: (128, 512) 24.8-25.1 against 15.8-16.0 s, (128, 256) 5.44-5.47 against 4.74-4.84 s; at 2^27
-#: bytes float32 (32, 512) 2.33-2.40 against 2.13-2.15 s but (128, 256) 1.90-1.93 against
-#: 1.95-2.08 s, and float64 (32, 256) even.
-LSTM_BLAS_STEP_BYTES = 1 << 28
+#: BLAS product a step per batch chunk, for batches of at least LSTM_BLAS_STEP_BATCH. Measured
+#: on 2 cores (Intel Xeon, AVX-512; T = 1000, forward + BPTT, compiled loops against BLAS steps):
+#: float32 (128, 256) 2.49-2.52 against 1.75-1.86 s, (32, 512) 3.01-3.08 against 1.77-1.83 s,
+#: (32, 256) (2^25 bytes) even at 0.52 s; float64 (32, 256) 1.32 against 1.16 s. With 4 rows a
+#: chunk BLAS loses: (8, 512) float32 0.72-0.75 against 0.88 s, float64 1.38-1.40 against 1.78.
+#: The one-GEMM-a-step loop in Python that this replaced ran float32 (128, 512) at 7.0-7.3 s,
+#: these 6.5-6.9 s (its two GEMM threads and serial elementwise passes: recurrences alone 3.3-3.5
+#: against 2.6-2.8 s).
+LSTM_BLAS_STEP_BYTES = 1 << 26
+LSTM_BLAS_STEP_BATCH = 32
 
 
 def lstm_blas_steps(batch, hidden, dtype):
-    """Whether an LSTM layer's recurrence runs one BLAS product a step.
+    """Whether an LSTM layer's recurrence runs one BLAS product a step per batch chunk.
 
     Parameters
     ----------
@@ -505,60 +510,71 @@ def lstm_blas_steps(batch, hidden, dtype):
 
     Notes
     -----
-    From ``B * 4H * H * itemsize >= LSTM_BLAS_STEP_BYTES`` (2^28 bytes; the measurements are
-    beside that constant).
+    From ``B * 4H * H * itemsize >= LSTM_BLAS_STEP_BYTES`` (2^26 bytes) and
+    ``B >= LSTM_BLAS_STEP_BATCH`` (32); the measurements are beside those constants.
     """
-    return batch * GATES * hidden * hidden * np.dtype(dtype).itemsize >= LSTM_BLAS_STEP_BYTES
+    return (batch >= LSTM_BLAS_STEP_BATCH and
+            batch * GATES * hidden * hidden * np.dtype(dtype).itemsize >= LSTM_BLAS_STEP_BYTES)
 
 
-@njit(cache=True, error_model="numpy")
-def _lstm_cell_step(z, prod, bias, c_prev, c_out, h_out):
-    """One step's cell update, all rows: ``z`` (B, 4H) holds ``W_ih x<t>`` on entry and the
-    gate activations on exit; ``prod`` is ``h<t-1> W_hh^T``."""
-    for b in range(z.shape[0]):
-        z_b = z[b]
-        p_b = prod[b]
-        for i in range(z.shape[1]):
-            z_b[i] = (z_b[i] + bias[i]) + p_b[i]
-    _lstm_gate_rows(z, c_prev, c_out, h_out, 0, z.shape[0])
+@njit(cache=True, parallel=True, error_model="numpy")
+def lstm_recurrence_blas(w_hh_t, bias, h0, c0, reverse, gates, cells, hidden, n_chunks, ilp64):
+    """:func:`lstm_recurrence` with the per-step product as one single-threaded BLAS call per
+    batch chunk (for large ``B * 4H * H``); same arguments, plus ``ilp64`` from
+    :func:`~rnnlab.kernels.cpu.blas.bind_gemm`. BLAS must be limited to one thread."""
+    n_steps, batch, hid = hidden.shape
+    width = gates.shape[2]
+    for ch in prange(n_chunks):
+        b0 = ch * batch // n_chunks
+        b1 = (ch + 1) * batch // n_chunks
+        scratch = gemm_scratch()
+        for s in range(n_steps):
+            t = n_steps - 1 - s if reverse else s
+            tp = t + 1 if reverse else t - 1
+            h_prev = h0 if s == 0 else hidden[tp]
+            c_prev = c0 if s == 0 else cells[tp]
+            z = gates[t]
+            blas_product(z, b0, h_prev, b0, 0, w_hh_t, 0, hid, b1 - b0, True, ilp64, scratch)
+            for b in range(b0, b1):
+                z_b = z[b]
+                for i in range(width):
+                    z_b[i] = z_b[i] + bias[i]
+            _lstm_gate_rows(z, c_prev, cells[t], hidden[t], b0, b1)
 
 
-def lstm_recurrence_blas(w_hh, bias, h0, c0, reverse, gates, cells, hidden):
-    """:func:`lstm_recurrence` with one BLAS product a step (for large ``B * 4H * H``).
-
-    Same arguments as :func:`lstm_recurrence` except that ``w_hh`` is in PyTorch's layout
-    (4H, H) and there is no chunking: BLAS threads each product.
-    """
-    n_steps = hidden.shape[0]
-    prod = np.empty(gates.shape[1:], dtype=gates.dtype)
-    w_hh_t = w_hh.T
-    for s in range(n_steps):
-        t = n_steps - 1 - s if reverse else s
-        tp = t + 1 if reverse else t - 1
-        h_prev = h0 if s == 0 else hidden[tp]
-        c_prev = c0 if s == 0 else cells[tp]
-        np.matmul(h_prev, w_hh_t, out=prod)
-        _lstm_cell_step(gates[t], prod, bias, c_prev, cells[t], hidden[t])
-
-
+@njit(cache=True, parallel=True, error_model="numpy")
 def lstm_recurrence_backward_blas(w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reverse, dz,
-                                  dh0, dc0, db_rows, d_hidden, d_cell):
-    """:func:`lstm_recurrence_backward` with one BLAS product a step (for large
-    ``B * 4H * H``); same arguments, without the chunk count."""
+                                  dh0, dc0, db_rows, d_hidden, d_cell, n_chunks, ilp64):
+    """:func:`lstm_recurrence_backward` with the per-step product as one single-threaded BLAS
+    call per batch chunk; same arguments, plus ``ilp64`` (see :func:`lstm_recurrence_blas`)."""
     n_steps, batch, hid = cells.shape
-    store = d_hidden.shape[0] > 0
-    dh = np.array(dh_n, dtype=gates.dtype)  # dL/dh<t> through the step after t
-    dc = np.array(dc_n, dtype=gates.dtype)  # dL/dc<t> through the step after t
-    f_row = np.empty(hid, dtype=gates.dtype)
-    for s in range(n_steps - 1, -1, -1):
-        t = n_steps - 1 - s if reverse else s
-        c_prev = c0 if s == 0 else cells[t + 1 if reverse else t - 1]
-        _lstm_gate_grad_rows(gates[t], cells[t], c_prev, d_out[t], dh, dc, dz[t], db_rows,
-                             d_hidden[t] if store else dh, d_cell[t] if store else dc, store,
-                             0, batch, f_row)
-        np.matmul(dz[t], w_hh, out=dh)  # dh<t-1> = dz<t> W_hh
-    dh0[...] = dh
-    dc0[...] = dc
+    width = gates.shape[2]
+    store_hidden = d_hidden.shape[0] > 0
+    for ch in prange(n_chunks):
+        b0 = ch * batch // n_chunks
+        b1 = (ch + 1) * batch // n_chunks
+        nb = b1 - b0
+        scratch = gemm_scratch()
+        dh = np.empty((nb, hid), dtype=gates.dtype)  # dL/dh<t> through the step after t
+        dc = np.empty((nb, hid), dtype=gates.dtype)  # dL/dc<t> through the step after t
+        f_row = np.empty(hid, dtype=gates.dtype)
+        for bb in range(nb):
+            for i in range(hid):
+                dh[bb, i] = dh_n[b0 + bb, i]
+                dc[bb, i] = dc_n[b0 + bb, i]
+        for s in range(n_steps - 1, -1, -1):
+            t = n_steps - 1 - s if reverse else s
+            c_prev = c0 if s == 0 else cells[t + 1 if reverse else t - 1]
+            _lstm_gate_grad_rows(gates[t], cells[t], c_prev, d_out[t], dh, dc, dz[t], db_rows,
+                                 d_hidden[t] if store_hidden else dh,
+                                 d_cell[t] if store_hidden else dc, store_hidden, b0, b1,
+                                 f_row)
+            # dh<t-1> = dz<t> W_hh
+            blas_product(dh, 0, dz[t], b0, 0, w_hh, 0, width, nb, False, ilp64, scratch)
+        for bb in range(nb):
+            for i in range(hid):
+                dh0[b0 + bb, i] = dh[bb, i]
+                dc0[b0 + bb, i] = dc[bb, i]
 
 
 def lstm_layer_forward(x, w_ih, w_hh, bias, h0, c0, reverse=False, alloc=np.empty):
@@ -602,7 +618,11 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, h0, c0, reverse=False, alloc=np.empt
     hidden = np.empty((n_steps, batch, hid), dtype=x.dtype)
     parts = unit_parts(batch, hid, x.dtype.itemsize, forward=True)
     if lstm_blas_steps(batch, hid, x.dtype):
-        lstm_recurrence_blas(w_hh, bias, h0, c0, reverse, gates, cells, hidden)
+        chunks = n_chunks(batch)
+        ilp64 = bind_gemm()
+        with chunk_threads(chunks), blas_threads_for(0):
+            lstm_recurrence_blas(np.ascontiguousarray(w_hh.T), bias, np.ascontiguousarray(h0),
+                                 c0, reverse, gates, cells, hidden, chunks, ilp64)
     elif parts:
         lstm_recurrence_units(pack_unit_parts(w_hh, parts)[0], bias, h0, c0, reverse, gates,
                               cells, hidden, parts)
@@ -656,8 +676,12 @@ def lstm_layer_backward(x, w_ih, w_hh, h0, c0, states, d_out, dh_n, dc_n, revers
     db_rows = np.zeros((batch, width), dtype=np.float64)
     parts = unit_parts(batch, hidden.shape[2], x.dtype.itemsize)
     if lstm_blas_steps(batch, hidden.shape[2], x.dtype):
-        lstm_recurrence_backward_blas(w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reverse, dz,
-                                      dh0, dc0, db_rows, d_hidden, d_cell)
+        chunks = n_chunks(batch)
+        ilp64 = bind_gemm()
+        with chunk_threads(chunks), blas_threads_for(0):
+            lstm_recurrence_backward_blas(np.ascontiguousarray(w_hh), h0, c0, gates, cells, d_out,
+                                          dh_n, dc_n, reverse, dz, dh0, dc0, db_rows, d_hidden,
+                                          d_cell, chunks, ilp64)
     elif parts:
         lstm_recurrence_backward_units(pack_unit_parts(w_hh, parts)[1], h0, c0, gates, cells,
                                        d_out, dh_n, dc_n, reverse, dz, dh0, dc0, db_rows,
