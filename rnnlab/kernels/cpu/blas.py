@@ -4,7 +4,8 @@ single-threaded BLAS calls on fixed blocks spread over Numba's own threads.
 
 The CPU twin of :mod:`rnnlab.kernels.cuda.blas` (where the same products are tiled device GEMMs).
 Used by the vanilla, LSTM and GRU layer wrappers; :func:`accumulate_product` is the small
-per-step product inside their compiled recurrences.
+per-step product inside their compiled recurrences, and :func:`blas_product` the large one (a
+single-threaded GEMM called from inside a compiled recurrence).
 """
 
 from typing import NamedTuple
