@@ -126,6 +126,7 @@ def test_blas_step_recurrence_matches_the_compiled_loops(act, depth, reverse, mo
     runs = []
     for threshold in (1 << 62, 0):
         monkeypatch.setattr(vanilla, "BLAS_STEP_BYTES", threshold)
+        monkeypatch.setattr(vanilla, "BLAS_STEP_BATCH", 1)
         states = vanilla.rnn_layer_forward(x, w_ih, w_hh, bias, w_tr, b_tr, h0, act, reverse)
         grads = vanilla.rnn_layer_backward(x, w_ih, w_hh, w_tr, h0, states, d_out, dh_n, act,
                                            reverse)
@@ -137,11 +138,49 @@ def test_blas_step_recurrence_matches_the_compiled_loops(act, depth, reverse, mo
                                    err_msg=name)
 
 
+@pytest.mark.parametrize("chunks", [1, 3])
+def test_blas_step_kernels_any_chunking(chunks):
+    """The BLAS-step kernels called directly with 1 or 3 batch chunks (one BLAS product a step
+    per chunk) give the loops' states and gradients (tanh, one deep-transition layer)."""
+    from rnnlab._blas import blas_threads_for
+    from rnnlab.kernels.cpu.blas import bind_gemm
+
+    rng = np.random.default_rng(5)
+    T, B, H, depth = 9, 5, 6, 1
+    w_hh = rng.standard_normal((H, H)) / np.sqrt(H)
+    w_tr = rng.standard_normal((depth, H, H)) / np.sqrt(H)
+    b_tr = 0.2 * rng.standard_normal((depth, H))
+    h0 = rng.standard_normal((B, H))
+    proj = rng.standard_normal((T, B, H))
+    d_out, dh_n = rng.standard_normal((T, B, H)), rng.standard_normal((B, H))
+    w_hh_t = np.ascontiguousarray(w_hh.T)
+    w_tr_t = np.ascontiguousarray(w_tr.transpose(0, 2, 1))
+    loops = np.empty((depth + 1, T, B, H))
+    loops[0] = proj
+    vanilla.rnn_recurrence(w_hh_t, w_tr_t, b_tr, h0, 0, False, loops, 2)
+    dz_loops, dh0_loops = np.empty_like(loops), np.empty_like(h0)
+    vanilla.rnn_recurrence_backward(w_hh, w_tr, loops, d_out, dh_n, 0, False, dz_loops,
+                                    dh0_loops, 2)
+    states = np.empty_like(loops)
+    states[0] = proj
+    dz, dh0 = np.empty_like(loops), np.empty_like(h0)
+    ilp64 = bind_gemm()
+    with blas_threads_for(0):
+        vanilla.rnn_recurrence_blas(w_hh_t, w_tr_t, b_tr, h0, 0, False, states, chunks, ilp64)
+        vanilla.rnn_recurrence_backward_blas(w_hh, w_tr, states, d_out, dh_n, 0, False, dz, dh0,
+                                             chunks, ilp64)
+    np.testing.assert_allclose(states, loops, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(dz, dz_loops, rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(dh0, dh0_loops, rtol=1e-11, atol=1e-12)
+    assert np.abs(dh0).max() > 0.01
+
+
 def test_blas_steps_rule():
-    assert vanilla.blas_steps(128, 512, np.float64)
-    assert vanilla.blas_steps(256, 512, np.float32)
-    assert not vanilla.blas_steps(128, 512, np.float32)
-    assert not vanilla.blas_steps(32, 256, np.float64)
+    assert vanilla.blas_steps(128, 512, np.float64)  # 2^28 bytes of multiply-adds a step
+    assert vanilla.blas_steps(128, 512, np.float32)  # 2^27
+    assert vanilla.blas_steps(32, 512, np.float64)  # 2^26
+    assert not vanilla.blas_steps(32, 512, np.float32)  # 2^25
+    assert not vanilla.blas_steps(16, 1024, np.float64)  # too few rows a chunk
     assert not vanilla.blas_steps(1, 1024, np.float64)
 
 

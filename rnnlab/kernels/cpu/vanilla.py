@@ -23,7 +23,9 @@ import numpy as np
 from numba import njit, prange
 
 from ...activations import activate_rows, derivative_from_output
-from .blas import accumulate_product, matmul_tasks, prev_state_tasks, run_products
+from ..._blas import blas_threads_for
+from .blas import (accumulate_product, bind_gemm, blas_product, gemm_scratch, matmul_tasks,
+                   prev_state_tasks, run_products)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -177,11 +179,14 @@ def rnn_layer_forward(x, w_ih, w_hh, bias, w_tr, b_tr, h0, act, reverse=False):
     run_products(matmul_tasks(x.reshape(n_steps * batch, n_in), w_ih.T, proj), proj.size * n_in)
     if bias is not None:
         states[0] += bias
-    if blas_steps(batch, hidden, x.dtype):
-        rnn_recurrence_blas(w_hh, w_tr, b_tr, h0, act, reverse, states)
-        return states
     w_tr_t = np.ascontiguousarray(w_tr.transpose(0, 2, 1))
     chunks = n_chunks(batch)
+    if blas_steps(batch, hidden, x.dtype):
+        ilp64 = bind_gemm()
+        with chunk_threads(chunks), blas_threads_for(0):
+            rnn_recurrence_blas(np.ascontiguousarray(w_hh.T), w_tr_t, b_tr,
+                                np.ascontiguousarray(h0), act, reverse, states, chunks, ilp64)
+        return states
     with chunk_threads(chunks):
         rnn_recurrence(np.ascontiguousarray(w_hh.T), w_tr_t, b_tr, h0, act, reverse, states,
                        chunks)
@@ -189,82 +194,99 @@ def rnn_layer_forward(x, w_ih, w_hh, bias, w_tr, b_tr, h0, act, reverse=False):
 
 
 # ------------------------------------------------------------------ large batch x hidden
-# When a step is itself a large matrix product (B x H by H x H), BLAS can do it faster than the
-# compiled loops (blocking for the caches, every core on one product): the time loop then runs
-# in Python, one GEMM and one compiled elementwise pass a step (~20 us of overhead a step).
-# Since the compiled step product serves two batch rows per load of W, that only pays for the
-# very largest steps.
+# When a step is itself a large matrix product (B x H by H x H), BLAS does it faster than the
+# compiled loops and register tiles. The kernels below are the batch-chunked ones with every
+# per-step product as one single-threaded BLAS call on the chunk's rows
+# (:func:`~rnnlab.kernels.cpu.blas.blas_product`): the time loop stays compiled, with no barrier
+# between steps, and the activations run in parallel. The sums are BLAS's, not bitwise those of
+# the loops.
 
-#: Bytes of multiply-adds a step (B * H * H * itemsize) from which the recurrence runs a BLAS
-#: product a step. Measured on 2 cores (T = 1000, forward + BPTT, BLAS steps against compiled
-#: loops, two runs each): float32 (32, 512) 731-733 against 634-656 ms, (64, 256) 428-446
-#: against 361-379, (128, 256) 775-841 against 683-697, (128, 512) 2.53-2.90 against
-#: 2.35-2.45 s; float64 (32, 256) 428-513 against 340-364 ms, (64, 512) 2.58-2.64 against
-#: 2.50-2.68 s (even). The first round's loops lost from 2^24 bytes on.
-BLAS_STEP_BYTES = 1 << 28
+#: Bytes of multiply-adds a step (B * H * H * itemsize) from which the recurrence runs one BLAS
+#: product a step per batch chunk, for batches of at least BLAS_STEP_BATCH. Measured on 2 cores
+#: (Intel Xeon, AVX-512; tanh, T = 1000, forward + BPTT, loops against BLAS steps, three runs):
+#: float64 (128, 512) 6.4-7.0 against 3.5-3.7 s, (32, 512) 1.31-1.38 against 0.95-1.12 s,
+#: (128, 256) 1.06-1.14 against 1.00-1.06 s; float32 (128, 512) 1.68-2.14 against 1.72-1.95 s;
+#: at 2^25 bytes and below even (float32 (128, 256), (32, 512), float64 (32, 256)). The
+#: one-GEMM-a-step loop in Python that this replaced: float64 (128, 512) 3.7-3.9 s, float32
+#: 2.1-2.3 s.
+BLAS_STEP_BYTES = 1 << 26
+BLAS_STEP_BATCH = 32
 
 
 def blas_steps(batch, hidden, dtype):
-    """Whether a layer's recurrence runs one BLAS product a step (see :data:`BLAS_STEP_BYTES`)."""
-    return batch * hidden * hidden * np.dtype(dtype).itemsize >= BLAS_STEP_BYTES
+    """Whether a layer's recurrence runs one BLAS product a step per batch chunk (see
+    :data:`BLAS_STEP_BYTES`, :data:`BLAS_STEP_BATCH`)."""
+    return (batch >= BLAS_STEP_BATCH and
+            batch * hidden * hidden * np.dtype(dtype).itemsize >= BLAS_STEP_BYTES)
 
 
-@njit(cache=True, error_model="numpy")
-def _add_activate(z, prod, act):
-    """``z = g(z + prod)`` in place (2-D)."""
-    for b in range(z.shape[0]):
-        zb = z[b]
-        pb = prod[b]
-        for i in range(zb.shape[0]):
-            zb[i] = zb[i] + pb[i]
-    activate_rows(act, z, 0, z.shape[0])
+@njit(cache=True, parallel=True, error_model="numpy")
+def rnn_recurrence_blas(w_hh_t, w_tr_t, b_tr, h0, act, reverse, states, n_chunks, ilp64):
+    """:func:`rnn_recurrence` with every per-step product as one single-threaded BLAS call per
+    batch chunk (for large ``B * H * H``); same arguments, plus ``ilp64`` from
+    :func:`~rnnlab.kernels.cpu.blas.bind_gemm`. BLAS must be limited to one thread."""
+    depth = w_tr_t.shape[0]
+    n_steps, batch, hidden = states.shape[1], states.shape[2], states.shape[3]
+    for c in prange(n_chunks):
+        b0 = c * batch // n_chunks
+        b1 = (c + 1) * batch // n_chunks
+        scratch = gemm_scratch()
+        for s in range(n_steps):
+            t = n_steps - 1 - s if reverse else s
+            prev = h0 if s == 0 else states[depth, t + 1 if reverse else t - 1]
+            z = states[0, t]
+            blas_product(z, b0, prev, b0, 0, w_hh_t, 0, hidden, b1 - b0, True, ilp64, scratch)
+            activate_rows(act, z, b0, b1)
+            for k in range(1, depth + 1):
+                u_in = states[k - 1, t]
+                u = states[k, t]
+                for b in range(b0, b1):
+                    for i in range(hidden):
+                        u[b, i] = b_tr[k - 1, i]
+                blas_product(u, b0, u_in, b0, 0, w_tr_t[k - 1], 0, hidden, b1 - b0, True, ilp64,
+                             scratch)
+                activate_rows(act, u, b0, b1)
 
 
-@njit(cache=True, error_model="numpy")
-def _scale_derivative(g, u, act, out):
-    """``out = g * g'`` where ``u = g(z)`` (2-D, elementwise)."""
-    for b in range(g.shape[0]):
-        for i in range(g.shape[1]):
-            out[b, i] = g[b, i] * derivative_from_output(act, u[b, i])
-
-
-def rnn_recurrence_blas(w_hh, w_tr, b_tr, h0, act, reverse, states):
-    """:func:`rnn_recurrence` with one BLAS product a step (for large ``B * H * H``).
-
-    Same arguments as :func:`rnn_recurrence` except that ``w_hh`` and ``w_tr`` are in PyTorch's
-    layout (not transposed) and there is no chunking: BLAS threads each product.
-    """
+@njit(cache=True, parallel=True, error_model="numpy")
+def rnn_recurrence_backward_blas(w_hh, w_tr, states, d_out, dh_n, act, reverse, dz, dh0,
+                                 n_chunks, ilp64):
+    """:func:`rnn_recurrence_backward` with every per-step product as one single-threaded BLAS
+    call per batch chunk; same arguments, plus ``ilp64`` (see :func:`rnn_recurrence_blas`)."""
     depth = w_tr.shape[0]
-    n_steps = states.shape[1]
-    prod = np.empty(states.shape[2:], dtype=states.dtype)
-    w_hh_t = w_hh.T
-    for s in range(n_steps):
-        t = n_steps - 1 - s if reverse else s
-        prev = h0 if s == 0 else states[depth, t + 1 if reverse else t - 1]
-        np.matmul(prev, w_hh_t, out=prod)
-        _add_activate(states[0, t], prod, act)
-        for k in range(1, depth + 1):
-            np.matmul(states[k - 1, t], w_tr[k - 1].T, out=prod)
-            states[k, t] = b_tr[k - 1]
-            _add_activate(states[k, t], prod, act)
-
-
-def rnn_recurrence_backward_blas(w_hh, w_tr, states, d_out, dh_n, act, reverse, dz, dh0):
-    """:func:`rnn_recurrence_backward` with one BLAS product a step and layer (large
-    ``B * H * H``); same arguments, without the chunk count."""
-    depth = w_tr.shape[0]
-    n_steps = states.shape[1]
-    g = np.empty(states.shape[2:], dtype=states.dtype)
-    carry = np.array(dh_n, dtype=states.dtype)
-    for s in range(n_steps - 1, -1, -1):
-        t = n_steps - 1 - s if reverse else s
-        np.add(d_out[t], carry, out=g)
-        for k in range(depth, 0, -1):
-            _scale_derivative(g, states[k, t], act, dz[k, t])
-            np.matmul(dz[k, t], w_tr[k - 1], out=g)
-        _scale_derivative(g, states[0, t], act, dz[0, t])
-        np.matmul(dz[0, t], w_hh, out=carry)
-    dh0[...] = carry
+    n_steps, batch, hidden = states.shape[1], states.shape[2], states.shape[3]
+    for c in prange(n_chunks):
+        b0 = c * batch // n_chunks
+        b1 = (c + 1) * batch // n_chunks
+        nb = b1 - b0
+        scratch = gemm_scratch()
+        carry = np.empty((nb, hidden), dtype=states.dtype)  # dL/da<t> through a<t+1>
+        g = np.empty((nb, hidden), dtype=states.dtype)  # total dL/da<t>, then dL/du_k<t>
+        for bb in range(nb):
+            for i in range(hidden):
+                carry[bb, i] = dh_n[b0 + bb, i]
+        for s in range(n_steps - 1, -1, -1):
+            t = n_steps - 1 - s if reverse else s
+            for bb in range(nb):
+                for i in range(hidden):
+                    g[bb, i] = d_out[t, b0 + bb, i] + carry[bb, i]
+            for k in range(depth, 0, -1):
+                u = states[k, t]
+                dz_k = dz[k, t]
+                for bb in range(nb):
+                    for i in range(hidden):
+                        dz_k[b0 + bb, i] = g[bb, i] * derivative_from_output(act, u[b0 + bb, i])
+                blas_product(g, 0, dz_k, b0, 0, w_tr[k - 1], 0, hidden, nb, False, ilp64,
+                             scratch)
+            a = states[0, t]
+            dz_0 = dz[0, t]
+            for bb in range(nb):
+                for i in range(hidden):
+                    dz_0[b0 + bb, i] = g[bb, i] * derivative_from_output(act, a[b0 + bb, i])
+            blas_product(carry, 0, dz_0, b0, 0, w_hh, 0, hidden, nb, False, ilp64, scratch)
+        for bb in range(nb):
+            for i in range(hidden):
+                dh0[b0 + bb, i] = carry[bb, i]
 
 
 def n_chunks(batch):
@@ -329,10 +351,14 @@ def rnn_layer_backward(x, w_ih, w_hh, w_tr, h0, states, d_out, dh_n, act, revers
     n_in = x.shape[2]
     dz = np.empty_like(states)
     dh0 = np.empty_like(h0)
+    chunks = n_chunks(batch)
     if blas_steps(batch, hidden, states.dtype):
-        rnn_recurrence_backward_blas(w_hh, w_tr, states, d_out, dh_n, act, reverse, dz, dh0)
+        ilp64 = bind_gemm()
+        with chunk_threads(chunks), blas_threads_for(0):
+            rnn_recurrence_backward_blas(np.ascontiguousarray(w_hh),
+                                         np.ascontiguousarray(w_tr), states, d_out, dh_n, act,
+                                         reverse, dz, dh0, chunks, ilp64)
     else:
-        chunks = n_chunks(batch)
         with chunk_threads(chunks):
             rnn_recurrence_backward(w_hh, w_tr, states, d_out, dh_n, act, reverse, dz, dh0,
                                     chunks)
