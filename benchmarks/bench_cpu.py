@@ -11,8 +11,8 @@ For every cell (tanh RNN, LSTM, GRU), dtype (float32, float64) and size (T, B, H
 forward + BPTT of one layer are timed in this one process by :func:`bench_rnn.run_size`: the
 same weights, input and upstream gradient in every implementation, agreement checked first,
 the first call (Numba compile or cache load, XLA compile) timed on its own and recorded in the
-``*_first_call_ms`` columns, then warm-up calls, then interleaved rounds (A B C A B C ...;
-median of ``--repeats`` >= 7). Each configuration's rows are appended to
+``*_first_call_ms`` columns, then warm-up calls, then interleaved rounds (each round in another
+order of A B C; median of ``--repeats`` >= 7). Each configuration's rows are appended to
 ``results/benchmarks/cpu.parquet`` as soon as it finishes (written atomically), with provenance
 (versions, git commit, CPU, threads, ``GOMP_SPINCOUNT``, date): a killed run loses at most the
 configuration in progress, and a rerun skips what the table already holds (``--force`` redoes
@@ -140,7 +140,10 @@ def provenance(args):
             "cpu": _cpu_model(), "logical_cpus": os.cpu_count(), "host": platform.node(),
             "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", ""),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "torch": "", "jax": ""}
+            "torch": "", "jax": "",
+            # rows timed before the rounds cycled through every order (bench_rnn.round_orders)
+            # say "fixed": there rnnlab always ran right after JAX
+            "round_order": "cycled"}
     if not args.no_torch:
         import torch
 
@@ -179,6 +182,8 @@ def _done(table, cell, dtype, size):
 
 def run_grid(args, path):
     table = pd.read_parquet(path) if path.exists() else None
+    if table is not None and "round_order" not in table:
+        table["round_order"] = "fixed"
     prov = provenance(args)
     configs = [(c, d, (T, B, H)) for d in args.dtypes for c in args.cells
                for T in sorted(args.T) for B in args.B for H in args.H]

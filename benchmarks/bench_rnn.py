@@ -29,7 +29,9 @@ relative errors and stops with an error if they do not.
 Timing happens in one process. The first call of each implementation is timed on its own (it
 includes Numba compilation or cache loading for rnnlab, tracing + XLA compilation for JAX), then
 each runs ``--warmup`` untimed calls, then ``--repeats`` timed rounds in which the implementations
-are called in turn (A B C A B C ...) so that drifts in machine load hit all of them alike. The
+are called in turn so that drifts in machine load hit all of them alike; the rounds cycle
+through every order (A B C, A C B, B A C, ...: :func:`round_orders`), so that no implementation
+always runs right after the same other one. The
 tables report the median wall time (``time.perf_counter``) in milliseconds and the ratios
 ``torch / rnnlab`` and ``jax / rnnlab``: a ratio above 1 means rnnlab is faster.
 
@@ -477,30 +479,61 @@ def time_call(fn):
     return (time.perf_counter() - t0) * 1e3
 
 
+def round_orders(names):
+    """Every order of ``names``, the first being the given one.
+
+    The timed rounds cycle through these, so that each implementation follows each of the
+    others about equally often. With a fixed order (A B C A B C ...) rnnlab always ran right
+    after JAX, and paid for the state JAX leaves the machine in: tanh RNN float64
+    (1000, 128, 256), fwd+BPTT, on a 2-core Xeon VM, rnnlab took 1.0 s right after PyTorch
+    and 1.4-1.55 s right after JAX. The cost was not threads left spinning (no thread of the
+    process used CPU after JAX returned) but fresh memory: JAX and PyTorch fault in 1.0-1.7 GB
+    of pages a call, and what the next call's large arrays cost to fault in (NumPy asks for
+    transparent huge pages) depended on who had just freed what.
+
+    Parameters
+    ----------
+    names : sequence of str
+        The implementations, in the order given.
+
+    Returns
+    -------
+    list of tuple of str
+        All ``len(names)!`` orders, ``itertools.permutations`` order.
+    """
+    import itertools
+
+    return list(itertools.permutations(names))
+
+
 def time_interleaved(fns, warmup, repeats):
-    """Time several callables in turn (A B C A B C ...).
+    """Time several callables in turn, in a different order each round.
+
+    Round ``k`` calls them in the order ``round_orders(fns)[k % n!]`` (A B C, A C B, B A C,
+    ...), so no implementation always runs right after the same other one.
 
     Parameters
     ----------
     fns : dict of str to callable
         What to time, by name.
     warmup : int
-        Untimed calls of each, first.
+        Untimed calls of each, first (the same cycle of orders).
     repeats : int
         Timed rounds.
 
     Returns
     -------
     dict of str to list of float
-        Every timed call's wall time in milliseconds, by name.
+        Every timed call's wall time in milliseconds, by name, in the order of the rounds.
     """
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
+    orders = round_orders(list(fns))
+    for k in range(warmup):
+        for name in orders[k % len(orders)]:
+            fns[name]()
     times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(time_call(fn))
+    for k in range(repeats):
+        for name in orders[(warmup + k) % len(orders)]:
+            times[name].append(time_call(fns[name]))
     return times
 
 

@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_cpu  # noqa: E402
 import bench_diagnostics  # noqa: E402
+import bench_rnn  # noqa: E402
 
 TINY = ["--T", "12", "--B", "1", "2", "--H", "4", "--cells", "rnn", "lstm", "--dtypes", "float64",
         "--no-torch", "--no-jax", "--no-extras"]
@@ -25,12 +26,27 @@ def test_bench_cpu_writes_a_row_per_configuration_and_op(tmp_path):
     assert len(table) == 2 * 2 * 2  # cells x batch sizes x {fwd, fwd+bwd}
     assert set(table.op) == {"fwd", "fwd+bwd"}
     assert (table.rnnlab_ms > 0).all() and table.git_commit.notna().all()
+    assert (table.round_order == "cycled").all()
     # multiply-adds of the products: 2 (forward) or 6 (fwd+bwd) per gate block, T*B*H*H each
     lstm = table[(table.cell == "lstm") & (table.B == 2) & (table.op == "fwd+bwd")].iloc[0]
     assert lstm.macs == 6 * 12 * 2 * 4 * 4 * 4
     # a rerun skips what the table holds
     assert bench_cpu.main(TINY + ["--out", str(out), "--memory-limit", "0"]) == 0
     assert len(pd.read_parquet(out)) == 8
+
+
+def test_timed_rounds_cycle_through_every_order():
+    calls = []
+    fns = {n: (lambda n=n: calls.append(n)) for n in ("rnnlab", "torch", "jax")}
+    times = bench_rnn.time_interleaved(fns, warmup=2, repeats=7)
+    assert {n: len(t) for n, t in times.items()} == {"rnnlab": 7, "torch": 7, "jax": 7}
+    rounds = [tuple(calls[3 * k:3 * k + 3]) for k in range(9)]
+    assert all(sorted(r) == ["jax", "rnnlab", "torch"] for r in rounds)
+    assert rounds[0] == ("rnnlab", "torch", "jax") and len(set(rounds[:6])) == 6
+    # in the timed rounds each implementation follows each of the others at least once
+    timed = calls[6:]
+    before = {n: {timed[i - 1] for i in range(1, len(timed)) if timed[i] == n} for n in fns}
+    assert all(b - {n} == set(fns) - {n} for n, b in before.items())
 
 
 def test_bench_cpu_skips_configurations_over_the_memory_limit(tmp_path, capsys, monkeypatch):
