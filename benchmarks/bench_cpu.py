@@ -12,7 +12,9 @@ forward + BPTT of one layer are timed in this one process by :func:`bench_rnn.ru
 same weights, input and upstream gradient in every implementation, agreement checked first,
 the first call (Numba compile or cache load, XLA compile) timed on its own and recorded in the
 ``*_first_call_ms`` columns, then warm-up calls, then interleaved rounds (each round in another
-order of A B C; median of ``--repeats`` >= 7). Each configuration's rows are appended to
+order of A B C; median of ``--repeats`` >= 7), with NumPy's transparent huge pages off so that
+all three fault in the same kind of pages (``--numpy-hugepages``: NumPy's default, see
+:func:`bench_rnn.set_numpy_hugepages`). Each configuration's rows are appended to
 ``results/benchmarks/cpu.parquet`` as soon as it finishes (written atomically), with provenance
 (versions, git commit, CPU, threads, ``GOMP_SPINCOUNT``, date): a killed run loses at most the
 configuration in progress, and a rerun skips what the table already holds (``--force`` redoes
@@ -82,6 +84,9 @@ def parse_args(argv=None):
     p.add_argument("--extras", action=argparse.BooleanOptionalAction, default=True,
                    help="also time the cold start and the BLAS matrix-product rate")
     p.add_argument("--figure-only", action="store_true", help="only redraw the figure")
+    p.add_argument("--numpy-hugepages", action="store_true",
+                   help="let NumPy ask for transparent huge pages (its default; off here, see "
+                        "bench_rnn.set_numpy_hugepages)")
     p.add_argument("--memory-limit", type=float, default=None, metavar="GB",
                    help="skip configurations estimated to need more (default: 90%% of the "
                         "memory available at the start; 0: no limit)")
@@ -143,7 +148,9 @@ def provenance(args):
             "torch": "", "jax": "",
             # rows timed before the rounds cycled through every order (bench_rnn.round_orders)
             # say "fixed": there rnnlab always ran right after JAX
-            "round_order": "cycled"}
+            "round_order": "cycled",
+            # NumPy's transparent huge pages (bench_rnn.set_numpy_hugepages); older rows: on
+            "numpy_hugepages": "on" if args.numpy_hugepages else "off"}
     if not args.no_torch:
         import torch
 
@@ -184,6 +191,8 @@ def run_grid(args, path):
     table = pd.read_parquet(path) if path.exists() else None
     if table is not None and "round_order" not in table:
         table["round_order"] = "fixed"
+    if table is not None and "numpy_hugepages" not in table:
+        table["numpy_hugepages"] = "on"
     prov = provenance(args)
     configs = [(c, d, (T, B, H)) for d in args.dtypes for c in args.cells
                for T in sorted(args.T) for B in args.B for H in args.H]
@@ -329,6 +338,7 @@ def main(argv=None):
         import pyarrow  # noqa: F401  (fail now, not after the first hour of timings)
 
         bench_rnn.import_rnnlab_first()
+        before = bench_rnn.set_numpy_hugepages(args.numpy_hugepages)
 
         if not args.no_jax and "float64" in args.dtypes:
             import jax
@@ -338,7 +348,11 @@ def main(argv=None):
             import torch
 
             torch.set_num_threads(args.threads)
-        table, too_big = run_grid(args, path)
+        try:
+            table, too_big = run_grid(args, path)
+        finally:
+            if before is not None:  # main() may be called from other code (the tests)
+                bench_rnn.set_numpy_hugepages(before)
         if too_big:
             print(f"\n{len(too_big)} configurations skipped for memory: " + "; ".join(
                 f"{c} {d} {s}" for c, d, s in too_big))

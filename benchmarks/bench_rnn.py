@@ -142,6 +142,9 @@ def parse_args(argv=None):
                         "used more than this many cores")
     p.add_argument("--retries", type=int, default=3,
                    help="with --wait-quiet, how many times a disturbed block may be redone")
+    p.add_argument("--numpy-hugepages", action="store_true",
+                   help="let NumPy ask for transparent huge pages (its default; off here, see "
+                        "set_numpy_hugepages)")
     p.add_argument("--out", default=None, help="write the results as CSV to this path")
     p.add_argument("--append", action="store_true",
                    help="append the rows to --out (header written only if the file is new or "
@@ -697,6 +700,7 @@ def environment_summary(args):
     except (OSError, StopIteration):
         pass
     return (f"{cpu}, {os.cpu_count()} logical CPUs; " + ", ".join(parts)
+            + f"; NumPy huge pages {'on' if args.numpy_hugepages else 'off'}"
             + f"; cell {args.cell}, dtype {args.dtype}, {args.warmup} warm-ups, "
             f"median of {args.repeats}")
 
@@ -717,9 +721,40 @@ def import_rnnlab_first():
     import rnnlab  # noqa: F401
 
 
+def set_numpy_hugepages(enable):
+    """Tell NumPy whether to ask for transparent huge pages for its large arrays.
+
+    NumPy asks the kernel for huge pages (``madvise(MADV_HUGEPAGE)``) for every array of 4 MB
+    or more; PyTorch's and XLA's allocators do not. On a virtual machine that hands freed memory
+    back to its host, a fresh huge page can cost far more to fault in than the small pages the
+    others reuse, and the cost depends on what the other implementations just freed. Measured
+    on a 2-core Xeon VM (tanh RNN float64 (1000, 128, 256), fwd+BPTT, all three in one
+    process): rnnlab 1728 ms with NumPy's huge pages (IQR 21 %), 1184 ms without (IQR 8 %);
+    rnnlab alone took 1.0-2.1 s with them and 1.14-1.2 s without. The benchmarks turn them off
+    by default, so that all three allocate the same kind of pages (``--numpy-hugepages`` keeps
+    NumPy's default). Same effect as ``NUMPY_MADVISE_HUGEPAGE=0`` before NumPy is imported.
+
+    Parameters
+    ----------
+    enable : bool
+        NumPy's default is True.
+
+    Returns
+    -------
+    bool or None
+        The setting before, to restore it with; None if this NumPy has no such switch (then
+        nothing changed).
+    """
+    import numpy as np
+
+    switch = getattr(getattr(np, "_core", np.core).multiarray, "_set_madvise_hugepage", None)
+    return None if switch is None else bool(switch(bool(enable)))
+
+
 def main(argv=None):
     """Run the benchmark; returns the process exit status."""
     args = parse_args(argv)
+    set_numpy_hugepages(args.numpy_hugepages)  # for the rest of this process
     if args.fresh_numba_cache:  # must happen before Numba is imported
         cache_dir = tempfile.mkdtemp(prefix="rnnlab-numba-cache-")
         atexit.register(shutil.rmtree, cache_dir, ignore_errors=True)

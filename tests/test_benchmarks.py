@@ -26,7 +26,7 @@ def test_bench_cpu_writes_a_row_per_configuration_and_op(tmp_path):
     assert len(table) == 2 * 2 * 2  # cells x batch sizes x {fwd, fwd+bwd}
     assert set(table.op) == {"fwd", "fwd+bwd"}
     assert (table.rnnlab_ms > 0).all() and table.git_commit.notna().all()
-    assert (table.round_order == "cycled").all()
+    assert (table.round_order == "cycled").all() and (table.numpy_hugepages == "off").all()
     # multiply-adds of the products: 2 (forward) or 6 (fwd+bwd) per gate block, T*B*H*H each
     lstm = table[(table.cell == "lstm") & (table.B == 2) & (table.op == "fwd+bwd")].iloc[0]
     assert lstm.macs == 6 * 12 * 2 * 4 * 4 * 4
@@ -47,6 +47,17 @@ def test_timed_rounds_cycle_through_every_order():
     timed = calls[6:]
     before = {n: {timed[i - 1] for i in range(1, len(timed)) if timed[i] == n} for n in fns}
     assert all(b - {n} == set(fns) - {n} for n, b in before.items())
+
+
+def test_numpy_hugepage_switch_round_trips():
+    np = pytest.importorskip("numpy")
+    before = bench_rnn.set_numpy_hugepages(False)
+    assert before is not None, f"NumPy {np.__version__} has no huge-page switch"
+    try:
+        assert bench_rnn.set_numpy_hugepages(True) is False
+        assert bench_rnn.set_numpy_hugepages(True) is True
+    finally:
+        bench_rnn.set_numpy_hugepages(before)
 
 
 def test_bench_cpu_skips_configurations_over_the_memory_limit(tmp_path, capsys, monkeypatch):
