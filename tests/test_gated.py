@@ -566,7 +566,7 @@ def test_lstm_unit_split_kernels_are_bitwise_the_batch_chunked_ones(reverse, bat
                                                parts)
         else:
             lstm_kernels.lstm_recurrence(np.ascontiguousarray(w_hh.T), bias, h0, c0, reverse,
-                                         gates, cells, hid, 1)
+                                         gates, cells, hid, 1, False, bind_gemm())
         dz = np.empty_like(gates)
         dh0, dc0 = np.empty_like(h0), np.empty_like(c0)
         db_rows = np.zeros((batch, 4 * hidden))
@@ -578,7 +578,7 @@ def test_lstm_unit_split_kernels_are_bitwise_the_batch_chunked_ones(reverse, bat
         else:
             lstm_kernels.lstm_recurrence_backward(
                 w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reverse, dz, dh0, dc0, db_rows,
-                d_hidden, d_cell, batch)
+                d_hidden, d_cell, batch, False, bind_gemm())
         results.append((gates, cells, hid, dz, dh0, dc0, db_rows, d_hidden, d_cell))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
@@ -613,7 +613,7 @@ def test_lstm_backward_may_write_dz_over_the_gates(units, store_hidden, reverse)
         else:
             lstm_kernels.lstm_recurrence_backward(
                 w_hh, h0, c0, g, cells, d_out, dh_n, dc_n, reverse, dz, dh0, dc0, db_rows,
-                d_hidden, d_cell, 2)
+                d_hidden, d_cell, 2, False, bind_gemm())
         results.append((dz, dh0, dc0, db_rows, d_hidden, d_cell))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
@@ -677,8 +677,9 @@ def test_lstm_forward_picks_the_unit_split_for_a_large_w_hh(monkeypatch):
 @pytest.mark.parametrize("store_hidden", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_lstm_blas_step_kernels_match_the_compiled_loops(in_place, chunks, store_hidden, reverse):
-    """One BLAS product a step per batch chunk (large B * 4H * H) computes what the loops
-    compute, up to the products' summation order; dz may be written over the gates there too."""
+    """One BLAS product a step per batch chunk (large B * 4H * H; the kernels' ``blas``
+    argument) computes what the loops compute, up to the products' summation order; dz may be
+    written over the gates there too."""
     ilp64 = bind_gemm()
     rng = np.random.default_rng(21)
     T, batch, hidden, I = 7, 5, 9, 4
@@ -694,27 +695,18 @@ def test_lstm_blas_step_kernels_match_the_compiled_loops(in_place, chunks, store
     for blas in (False, True):
         gates = proj.copy()
         cells, hid = np.empty((2, T, batch, hidden))
-        if blas:
-            with blas_threads_for(0):
-                lstm_kernels.lstm_recurrence_blas(np.ascontiguousarray(w_hh.T), bias, h0, c0,
-                                                  reverse, gates, cells, hid, chunks, ilp64)
-        else:
+        with blas_threads_for(0):
             lstm_kernels.lstm_recurrence(np.ascontiguousarray(w_hh.T), bias, h0, c0, reverse,
-                                         gates, cells, hid, 2)
+                                         gates, cells, hid, chunks if blas else 2, blas, ilp64)
         forward = (gates.copy(), cells, hid)
         dz = gates if in_place and blas else np.empty_like(gates)
         dh0, dc0 = np.empty_like(h0), np.empty_like(c0)
         db_rows = np.zeros((batch, 4 * hidden))
         d_hidden, d_cell = np.empty((2, T if store_hidden else 0, batch, hidden))
-        if blas:
-            with blas_threads_for(0):
-                lstm_kernels.lstm_recurrence_backward_blas(
-                    w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reverse, dz, dh0, dc0,
-                    db_rows, d_hidden, d_cell, chunks, ilp64)
-        else:
+        with blas_threads_for(0):
             lstm_kernels.lstm_recurrence_backward(
                 w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reverse, dz, dh0, dc0, db_rows,
-                d_hidden, d_cell, 2)
+                d_hidden, d_cell, chunks if blas else 2, blas, ilp64)
         results.append(forward + (dz, dh0, dc0, db_rows, d_hidden, d_cell))
     names = ("gates", "cells", "hidden", "dz", "dh0", "dc0", "db_rows", "d_hidden", "d_cell")
     for name, a, b in zip(names, *results):
@@ -724,17 +716,17 @@ def test_lstm_blas_step_kernels_match_the_compiled_loops(in_place, chunks, store
 
 def test_lstm_blas_steps_match_pytorch(ref, monkeypatch):
     """PyTorch's numbers (2 layers, bidirectional) through the BLAS-step recurrences."""
-    calls = []
-    for name in ("lstm_recurrence_blas", "lstm_recurrence_backward_blas"):
+    calls = []  # (kernel, its blas argument)
+    for name in ("lstm_recurrence", "lstm_recurrence_backward"):
         fn = getattr(lstm_kernels, name)
         monkeypatch.setattr(lstm_kernels, name,
-                            lambda *a, _fn=fn, _n=name: (calls.append(_n), _fn(*a))[1])
+                            lambda *a, _fn=fn, _n=name: (calls.append((_n, a[-2])), _fn(*a))[1])
     monkeypatch.setattr(lstm_kernels, "LSTM_BLAS_STEP_BYTES", 0)
     monkeypatch.setattr(lstm_kernels, "LSTM_BLAS_STEP_BATCH", 1)
     test_forward_and_gradients_match_pytorch(ref, "lstm")
     # forward and backward of both layers in both directions ran on BLAS steps
-    assert calls.count("lstm_recurrence_blas") >= 4
-    assert calls.count("lstm_recurrence_backward_blas") == 4
+    assert calls.count(("lstm_recurrence", True)) >= 4
+    assert calls.count(("lstm_recurrence_backward", True)) == 4
 
 
 def test_lstm_blas_steps_rule():
@@ -767,25 +759,17 @@ def test_gru_blas_step_kernels_match_the_compiled_loops(store_hidden, reverse, c
     for blas in (False, True):
         gates = proj.copy()
         hn, hid = np.empty((2, T, batch, hidden))
-        if blas:
-            with blas_threads_for(0):
-                gru_kernels.gru_recurrence_blas(np.ascontiguousarray(w_hh.T), b_ih, b_hh, h0,
-                                                reverse, gates, hn, hid, chunks, ilp64)
-        else:
+        with blas_threads_for(0):
             gru_kernels.gru_recurrence(np.ascontiguousarray(w_hh.T), b_ih, b_hh, h0, reverse,
-                                       gates, hn, hid, 2)
+                                       gates, hn, hid, chunks if blas else 2, blas, ilp64)
         dz = np.empty((T, batch, 4 * hidden))
         dh0 = np.empty_like(h0)
         db_rows = np.zeros((batch, 4 * hidden))
         d_hidden = np.empty((T if store_hidden else 0, batch, hidden))
-        if blas:
-            with blas_threads_for(0):
-                gru_kernels.gru_recurrence_backward_blas(w_hh, h0, gates, hn, hid, d_out, dh_n,
-                                                         reverse, dz, dh0, db_rows, d_hidden,
-                                                         chunks, ilp64)
-        else:
+        with blas_threads_for(0):
             gru_kernels.gru_recurrence_backward(w_hh, h0, gates, hn, hid, d_out, dh_n, reverse,
-                                                dz, dh0, db_rows, d_hidden, 2)
+                                                dz, dh0, db_rows, d_hidden, chunks if blas else 2,
+                                                blas, ilp64)
         results.append((gates, hn, hid, dz, dh0, db_rows, d_hidden))
     names = ("gates", "hn", "hidden", "dz", "dh0", "db_rows", "d_hidden")
     for name, a, b in zip(names, *results):
@@ -795,16 +779,16 @@ def test_gru_blas_step_kernels_match_the_compiled_loops(store_hidden, reverse, c
 
 def test_gru_blas_steps_match_pytorch(ref, monkeypatch):
     """PyTorch's numbers (2 layers, bidirectional) through the GRU's BLAS-step recurrences."""
-    calls = []
-    for name in ("gru_recurrence_blas", "gru_recurrence_backward_blas"):
+    calls = []  # (kernel, its blas argument)
+    for name in ("gru_recurrence", "gru_recurrence_backward"):
         fn = getattr(gru_kernels, name)
         monkeypatch.setattr(gru_kernels, name,
-                            lambda *a, _fn=fn, _n=name: (calls.append(_n), _fn(*a))[1])
+                            lambda *a, _fn=fn, _n=name: (calls.append((_n, a[-2])), _fn(*a))[1])
     monkeypatch.setattr(gru_kernels, "GRU_BLAS_STEP_BYTES", 0)
     monkeypatch.setattr(gru_kernels, "GRU_BLAS_STEP_BATCH", 1)
     test_forward_and_gradients_match_pytorch(ref, "gru")
-    assert calls.count("gru_recurrence_blas") >= 4
-    assert calls.count("gru_recurrence_backward_blas") == 4
+    assert calls.count(("gru_recurrence", True)) >= 4
+    assert calls.count(("gru_recurrence_backward", True)) == 4
 
 
 def test_gru_blas_steps_rule():

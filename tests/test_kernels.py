@@ -140,8 +140,8 @@ def test_blas_step_recurrence_matches_the_compiled_loops(act, depth, reverse, mo
 
 @pytest.mark.parametrize("chunks", [1, 3])
 def test_blas_step_kernels_any_chunking(chunks):
-    """The BLAS-step kernels called directly with 1 or 3 batch chunks (one BLAS product a step
-    per chunk) give the loops' states and gradients (tanh, one deep-transition layer)."""
+    """The kernels called directly with BLAS steps and 1 or 3 batch chunks (one BLAS product a
+    step per chunk) give the loops' states and gradients (tanh, one deep-transition layer)."""
     from rnnlab._blas import blas_threads_for
     from rnnlab.kernels.cpu.blas import bind_gemm
 
@@ -155,20 +155,20 @@ def test_blas_step_kernels_any_chunking(chunks):
     d_out, dh_n = rng.standard_normal((T, B, H)), rng.standard_normal((B, H))
     w_hh_t = np.ascontiguousarray(w_hh.T)
     w_tr_t = np.ascontiguousarray(w_tr.transpose(0, 2, 1))
+    ilp64 = bind_gemm()
     loops = np.empty((depth + 1, T, B, H))
     loops[0] = proj
-    vanilla.rnn_recurrence(w_hh_t, w_tr_t, b_tr, h0, 0, False, loops, 2)
+    vanilla.rnn_recurrence(w_hh_t, w_tr_t, b_tr, h0, 0, False, loops, 2, False, ilp64)
     dz_loops, dh0_loops = np.empty_like(loops), np.empty_like(h0)
     vanilla.rnn_recurrence_backward(w_hh, w_tr, loops, d_out, dh_n, 0, False, dz_loops,
-                                    dh0_loops, 2)
+                                    dh0_loops, 2, False, ilp64)
     states = np.empty_like(loops)
     states[0] = proj
     dz, dh0 = np.empty_like(loops), np.empty_like(h0)
-    ilp64 = bind_gemm()
     with blas_threads_for(0):
-        vanilla.rnn_recurrence_blas(w_hh_t, w_tr_t, b_tr, h0, 0, False, states, chunks, ilp64)
-        vanilla.rnn_recurrence_backward_blas(w_hh, w_tr, states, d_out, dh_n, 0, False, dz, dh0,
-                                             chunks, ilp64)
+        vanilla.rnn_recurrence(w_hh_t, w_tr_t, b_tr, h0, 0, False, states, chunks, True, ilp64)
+        vanilla.rnn_recurrence_backward(w_hh, w_tr, states, d_out, dh_n, 0, False, dz, dh0,
+                                        chunks, True, ilp64)
     np.testing.assert_allclose(states, loops, rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(dz, dz_loops, rtol=1e-11, atol=1e-12)
     np.testing.assert_allclose(dh0, dh0_loops, rtol=1e-11, atol=1e-12)

@@ -3,9 +3,10 @@ recurrence (input projections before it, input and weight gradients after it), r
 single-threaded BLAS calls on fixed blocks spread over Numba's own threads.
 
 The CPU twin of :mod:`rnnlab.kernels.cuda.blas` (where the same products are tiled device GEMMs).
-Used by the vanilla, LSTM and GRU layer wrappers; :func:`accumulate_product` is the small
-per-step product inside their compiled recurrences, and :func:`blas_product` the large one (a
-single-threaded GEMM called from inside a compiled recurrence).
+Used by the vanilla, LSTM and GRU layer wrappers; :func:`step_product` is the per-step product
+inside their compiled recurrences: :func:`accumulate_product` (compiled loops and register
+tiles) for small steps, :func:`blas_product` (a single-threaded GEMM called from inside the
+compiled recurrence) for large ones.
 """
 
 from typing import NamedTuple
@@ -675,3 +676,33 @@ def accumulate_product(acc, acc_row0, a, a_row0, a_col0, w, w_row0, n_inner, n_r
     if cols_tiled < n and rows_tiled > 0:
         _loop_product(acc, acc_row0, a, a_row0, a_col0, w, w_row0, n_inner, rows_tiled,
                       cols_tiled, n)
+
+
+@njit(cache=True, error_model="numpy")
+def step_product(out, out_row0, a, a_row0, a_col0, w, w_row0, n_inner, n_rows, accumulate, blas,
+                 ilp64, scratch):
+    """The per-step product of a batch-chunked recurrence: ``out[out_row0 + r] (+)=
+    a[a_row0 + r, a_col0:a_col0 + n_inner] @ w[w_row0:w_row0 + n_inner]`` for ``r < n_rows``,
+    by one single-threaded BLAS call (``blas``: :func:`blas_product`, for large steps) or by
+    the compiled loops and register tiles (:func:`accumulate_product`, the same bits whatever
+    the chunking).
+
+    Parameters
+    ----------
+    out, out_row0, a, a_row0, a_col0, w, w_row0, n_inner, n_rows, accumulate
+        As for :func:`blas_product` (``accumulate=False``: ``out``'s rows are overwritten).
+    blas : bool
+        Call BLAS (which must then be limited to one thread) instead of the loops.
+    ilp64 : bool
+        From :func:`bind_gemm`, which must have run in this process (the kernel links to the
+        GEMMs it binds even when ``blas`` is False).
+    scratch : tuple
+        From :func:`gemm_scratch`, one per thread.
+    """
+    if blas:
+        blas_product(out, out_row0, a, a_row0, a_col0, w, w_row0, n_inner, n_rows, accumulate,
+                     ilp64, scratch)
+        return
+    if not accumulate:
+        out[out_row0:out_row0 + n_rows, :] = 0
+    accumulate_product(out, out_row0, a, a_row0, a_col0, w, w_row0, n_inner, n_rows)

@@ -23,10 +23,9 @@ import numpy as np
 from numba import njit, prange
 
 from ...activations import fast_sigmoid, fast_tanh, one_like
-from ..._blas import blas_threads_for
-from .blas import (accumulate_product, bind_gemm, blas_product, gemm_scratch, matmul_tasks,
-                   prev_state_tasks, run_products)
-from .vanilla import chunk_threads, n_chunks
+from .blas import (bind_gemm, gemm_scratch, matmul_tasks, prev_state_tasks, run_products,
+                   step_product)
+from .vanilla import n_chunks, recurrence_threads
 
 #: Gate blocks stacked in the weights: r, z, n.
 GATES = 3
@@ -96,7 +95,7 @@ def _gru_gate_grad_rows(g, hn, h_prev, d_out, dh, dz, db_rows, d_hidden, store, 
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def gru_recurrence(w_hh_t, b_ih, b_hh, h0, reverse, gates, hn, hidden, n_chunks):
+def gru_recurrence(w_hh_t, b_ih, b_hh, h0, reverse, gates, hn, hidden, n_chunks, blas, ilp64):
     """Run the GRU recurrence of one layer in one direction, in place.
 
     Parameters
@@ -119,6 +118,12 @@ def gru_recurrence(w_hh_t, b_ih, b_hh, h0, reverse, gates, hn, hidden, n_chunks)
         Output: the hidden states ``h<t>`` (the layer's output).
     n_chunks : int
         Number of batch chunks run in parallel (each runs the whole time loop), at most B.
+    blas : bool
+        The per-step product as one single-threaded BLAS call on the chunk's rows (for large
+        steps, :func:`gru_blas_steps`; BLAS must be limited to one thread), not the compiled
+        loops (:func:`~rnnlab.kernels.cpu.blas.step_product`).
+    ilp64 : bool
+        From :func:`~rnnlab.kernels.cpu.blas.bind_gemm`, which must have run first.
     """
     n_steps, batch, hid = hidden.shape
     width = gates.shape[2]
@@ -126,6 +131,7 @@ def gru_recurrence(w_hh_t, b_ih, b_hh, h0, reverse, gates, hn, hidden, n_chunks)
         b0 = ch * batch // n_chunks
         b1 = (ch + 1) * batch // n_chunks
         nb = b1 - b0
+        scratch = gemm_scratch()
         acc = np.empty((nb, width), dtype=gates.dtype)  # W_hh h<t-1> + b_hh of the chunk
         for s in range(n_steps):
             t = n_steps - 1 - s if reverse else s
@@ -133,13 +139,13 @@ def gru_recurrence(w_hh_t, b_ih, b_hh, h0, reverse, gates, hn, hidden, n_chunks)
             for bb in range(nb):
                 for i in range(width):
                     acc[bb, i] = b_hh[i]
-            accumulate_product(acc, 0, h_prev, b0, 0, w_hh_t, 0, hid, nb)
+            step_product(acc, 0, h_prev, b0, 0, w_hh_t, 0, hid, nb, True, blas, ilp64, scratch)
             _gru_gate_rows(gates[t], acc, b_ih, h_prev, hn[t], hidden[t], b0, b1)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def gru_recurrence_backward(w_hh, h0, gates, hn, hidden, d_out, dh_n, reverse, dz, dh0, db_rows,
-                            d_hidden, n_chunks):
+                            d_hidden, n_chunks, blas, ilp64):
     """Backpropagate through time for one GRU layer in one direction.
 
     Parameters
@@ -171,6 +177,8 @@ def gru_recurrence_backward(w_hh, h0, gates, hn, hidden, d_out, dh_n, reverse, d
         Output, when it has T rows: the total gradient dL/dh<t>. Pass a 0-row array to skip it.
     n_chunks : int
         Number of batch chunks run in parallel, at most B.
+    blas, ilp64 : bool
+        As for :func:`gru_recurrence`.
     """
     n_steps, batch, hid = hidden.shape
     store_hidden = d_hidden.shape[0] > 0
@@ -178,6 +186,7 @@ def gru_recurrence_backward(w_hh, h0, gates, hn, hidden, d_out, dh_n, reverse, d
         b0 = ch * batch // n_chunks
         b1 = (ch + 1) * batch // n_chunks
         nb = b1 - b0
+        scratch = gemm_scratch()
         dh = np.empty((nb, hid), dtype=gates.dtype)  # dL/dh<t> through the step after t
         for bb in range(nb):
             for i in range(hid):
@@ -188,17 +197,18 @@ def gru_recurrence_backward(w_hh, h0, gates, hn, hidden, d_out, dh_n, reverse, d
             _gru_gate_grad_rows(gates[t], hn[t], h_prev, d_out[t], dh, dz[t], db_rows,
                                 d_hidden[t] if store_hidden else dh, store_hidden, b0, b1)
             # dh<t-1> += dz_hh<t> W_hh: gate rows r, z (columns 0:2H of dz), then n (3H:4H)
-            accumulate_product(dh, 0, dz[t], b0, 0, w_hh, 0, 2 * hid, nb)
-            accumulate_product(dh, 0, dz[t], b0, 3 * hid, w_hh, 2 * hid, hid, nb)
+            step_product(dh, 0, dz[t], b0, 0, w_hh, 0, 2 * hid, nb, True, blas, ilp64, scratch)
+            step_product(dh, 0, dz[t], b0, 3 * hid, w_hh, 2 * hid, hid, nb, True, blas, ilp64,
+                         scratch)
         for bb in range(nb):
             for i in range(hid):
                 dh0[b0 + bb, i] = dh[bb, i]
 
 
 # ------------------------------------------------------------------ large batch x hidden
-# As for the LSTM (rnnlab.kernels.cpu.lstm.lstm_recurrence_blas): when a step is itself a large
+# As for the LSTM (rnnlab.kernels.cpu.lstm.lstm_blas_steps): when a step is itself a large
 # matrix product (B x H by H x 3H), the batch-chunked kernels run the per-step products as
-# single-threaded BLAS calls on their chunk's rows. The sums are BLAS's, not bitwise those of
+# single-threaded BLAS calls on their chunk's rows (their ``blas`` argument). The sums are BLAS's, not bitwise those of
 # the loops.
 
 #: Bytes of multiply-adds a step (B * 3H * H * itemsize) from which the GRU recurrence runs one
@@ -228,59 +238,6 @@ def gru_blas_steps(batch, hidden, dtype):
     """
     return (batch >= GRU_BLAS_STEP_BATCH and
             batch * GATES * hidden * hidden * np.dtype(dtype).itemsize >= GRU_BLAS_STEP_BYTES)
-
-
-@njit(cache=True, parallel=True, error_model="numpy")
-def gru_recurrence_blas(w_hh_t, b_ih, b_hh, h0, reverse, gates, hn, hidden, n_chunks, ilp64):
-    """:func:`gru_recurrence` with the per-step product as one single-threaded BLAS call per
-    batch chunk (for large ``B * 3H * H``); same arguments, plus ``ilp64`` from
-    :func:`~rnnlab.kernels.cpu.blas.bind_gemm`. BLAS must be limited to one thread."""
-    n_steps, batch, hid = hidden.shape
-    width = gates.shape[2]
-    for ch in prange(n_chunks):
-        b0 = ch * batch // n_chunks
-        b1 = (ch + 1) * batch // n_chunks
-        nb = b1 - b0
-        scratch = gemm_scratch()
-        acc = np.empty((nb, width), dtype=gates.dtype)  # W_hh h<t-1> + b_hh of the chunk
-        for s in range(n_steps):
-            t = n_steps - 1 - s if reverse else s
-            h_prev = h0 if s == 0 else hidden[t + 1 if reverse else t - 1]
-            for bb in range(nb):
-                for i in range(width):
-                    acc[bb, i] = b_hh[i]
-            blas_product(acc, 0, h_prev, b0, 0, w_hh_t, 0, hid, nb, True, ilp64, scratch)
-            _gru_gate_rows(gates[t], acc, b_ih, h_prev, hn[t], hidden[t], b0, b1)
-
-
-@njit(cache=True, parallel=True, error_model="numpy")
-def gru_recurrence_backward_blas(w_hh, h0, gates, hn, hidden, d_out, dh_n, reverse, dz, dh0,
-                                 db_rows, d_hidden, n_chunks, ilp64):
-    """:func:`gru_recurrence_backward` with the per-step products as single-threaded BLAS
-    calls per batch chunk; same arguments, plus ``ilp64`` (see :func:`gru_recurrence_blas`)."""
-    n_steps, batch, hid = hidden.shape
-    store_hidden = d_hidden.shape[0] > 0
-    for ch in prange(n_chunks):
-        b0 = ch * batch // n_chunks
-        b1 = (ch + 1) * batch // n_chunks
-        nb = b1 - b0
-        scratch = gemm_scratch()
-        dh = np.empty((nb, hid), dtype=gates.dtype)  # dL/dh<t> through the step after t
-        for bb in range(nb):
-            for i in range(hid):
-                dh[bb, i] = dh_n[b0 + bb, i]
-        for s in range(n_steps - 1, -1, -1):
-            t = n_steps - 1 - s if reverse else s
-            h_prev = h0 if s == 0 else hidden[t + 1 if reverse else t - 1]
-            _gru_gate_grad_rows(gates[t], hn[t], h_prev, d_out[t], dh, dz[t], db_rows,
-                                d_hidden[t] if store_hidden else dh, store_hidden, b0, b1)
-            # dh<t-1> += dz_hh<t> W_hh: gate rows r, z (columns 0:2H of dz), then n (3H:4H)
-            blas_product(dh, 0, dz[t], b0, 0, w_hh, 0, 2 * hid, nb, True, ilp64, scratch)
-            blas_product(dh, 0, dz[t], b0, 3 * hid, w_hh, 2 * hid, hid, nb, True, ilp64,
-                         scratch)
-        for bb in range(nb):
-            for i in range(hid):
-                dh0[b0 + bb, i] = dh[bb, i]
 
 
 def gru_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, reverse=False, alloc=np.empty):
@@ -326,16 +283,10 @@ def gru_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, reverse=False, alloc=np.emp
     hn = alloc((n_steps, batch, hid), x.dtype)
     hidden = np.empty((n_steps, batch, hid), dtype=x.dtype)
     chunks = n_chunks(batch)
-    if gru_blas_steps(batch, hid, x.dtype):
-        ilp64 = bind_gemm()
-        with chunk_threads(chunks), blas_threads_for(0):
-            gru_recurrence_blas(np.ascontiguousarray(w_hh.T), b_ih, b_hh,
-                                np.ascontiguousarray(h0), reverse, gates, hn, hidden, chunks,
-                                ilp64)
-        return {"gates": gates, "hn": hn, "hidden": hidden}
-    with chunk_threads(chunks):
-        gru_recurrence(np.ascontiguousarray(w_hh.T), b_ih, b_hh, h0, reverse, gates, hn, hidden,
-                       chunks)
+    blas = gru_blas_steps(batch, hid, x.dtype)
+    with recurrence_threads(chunks, blas):
+        gru_recurrence(np.ascontiguousarray(w_hh.T), b_ih, b_hh, np.ascontiguousarray(h0),
+                       reverse, gates, hn, hidden, chunks, blas, bind_gemm())
     return {"gates": gates, "hn": hn, "hidden": hidden}
 
 
@@ -375,16 +326,10 @@ def gru_layer_backward(x, w_ih, w_hh, h0, states, d_out, dh_n, reverse=False,
     d_hidden = np.empty((n_steps if hidden_grads else 0, batch, hid), dtype=x.dtype)
     db_rows = np.zeros((batch, width + hid), dtype=np.float64)
     chunks = n_chunks(batch)
-    if gru_blas_steps(batch, hid, x.dtype):
-        ilp64 = bind_gemm()
-        with chunk_threads(chunks), blas_threads_for(0):
-            gru_recurrence_backward_blas(np.ascontiguousarray(w_hh), h0, gates, hn, hidden,
-                                         d_out, dh_n, reverse, dz, dh0, db_rows, d_hidden,
-                                         chunks, ilp64)
-    else:
-        with chunk_threads(chunks):
-            gru_recurrence_backward(w_hh, h0, gates, hn, hidden, d_out, dh_n, reverse, dz, dh0,
-                                    db_rows, d_hidden, chunks)
+    blas = gru_blas_steps(batch, hid, x.dtype)
+    with recurrence_threads(chunks, blas):
+        gru_recurrence_backward(np.ascontiguousarray(w_hh), h0, gates, hn, hidden, d_out, dh_n,
+                                reverse, dz, dh0, db_rows, d_hidden, chunks, blas, bind_gemm())
     dz_ih = dz.reshape(-1, width + hid)[:, :width]  # a strided view: BLAS takes it as is
     d_x = np.empty_like(x)
     d_w_ih = np.empty_like(w_ih)

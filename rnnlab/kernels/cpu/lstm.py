@@ -13,7 +13,7 @@ the loop and the weight gradients after it are single large matrix products
 thread outside the time loop and every sum runs in a fixed order, so results are bitwise
 reproducible and independent of the thread count.
 
-Shared with :mod:`rnnlab.kernels.cpu.gru`: :func:`accumulate_product` (the per-step product),
+Shared with :mod:`rnnlab.kernels.cpu.gru`: :func:`step_product` (the per-step product),
 :func:`run_products` with :func:`matmul_tasks` and :func:`prev_state_tasks` (the large products,
 on all cores without BLAS's spinning threads). Memory for the arrays that do not outlive a call
 comes from :class:`~rnnlab._scratch.ScratchBuffers`.
@@ -24,10 +24,9 @@ import numpy as np
 from numba import njit, prange
 
 from ...activations import fast_sigmoid, fast_tanh, one_like
-from ..._blas import blas_threads_for
-from .blas import (accumulate_product, bind_gemm, blas_product,  # noqa: F401 (re-exported)
-                   gemm_scratch, matmul_tasks, prev_state_tasks, run_products)
-from .vanilla import chunk_threads, n_chunks
+from .blas import (accumulate_product, bind_gemm,
+                   gemm_scratch, matmul_tasks, prev_state_tasks, run_products, step_product)
+from .vanilla import n_chunks, recurrence_threads
 
 #: Gate blocks stacked in the weights: i, f, g, o.
 GATES = 4
@@ -125,7 +124,7 @@ def _lstm_gate_grad_rows(g, c, c_prev, d_out, dh, dc, dz, db_rows, d_hidden, d_c
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def lstm_recurrence(w_hh_t, bias, h0, c0, reverse, gates, cells, hidden, n_chunks):
+def lstm_recurrence(w_hh_t, bias, h0, c0, reverse, gates, cells, hidden, n_chunks, blas, ilp64):
     """Run the LSTM recurrence of one layer in one direction, in place.
 
     Parameters
@@ -149,12 +148,19 @@ def lstm_recurrence(w_hh_t, bias, h0, c0, reverse, gates, cells, hidden, n_chunk
         Output: the hidden states ``h<t>`` (the layer's output).
     n_chunks : int
         Number of batch chunks run in parallel (each runs the whole time loop), at most B.
+    blas : bool
+        The per-step product as one single-threaded BLAS call on the chunk's rows (for large
+        steps, :func:`lstm_blas_steps`; BLAS must be limited to one thread), not the compiled
+        loops (:func:`~rnnlab.kernels.cpu.blas.step_product`).
+    ilp64 : bool
+        From :func:`~rnnlab.kernels.cpu.blas.bind_gemm`, which must have run first.
     """
     n_steps, batch, hid = hidden.shape
     width = gates.shape[2]
     for ch in prange(n_chunks):
         b0 = ch * batch // n_chunks
         b1 = (ch + 1) * batch // n_chunks
+        scratch = gemm_scratch()
         for s in range(n_steps):
             t = n_steps - 1 - s if reverse else s
             tp = t + 1 if reverse else t - 1
@@ -165,13 +171,14 @@ def lstm_recurrence(w_hh_t, bias, h0, c0, reverse, gates, cells, hidden, n_chunk
                 z_b = z[b]
                 for i in range(width):
                     z_b[i] = z_b[i] + bias[i]
-            accumulate_product(z, b0, h_prev, b0, 0, w_hh_t, 0, hid, b1 - b0)
+            step_product(z, b0, h_prev, b0, 0, w_hh_t, 0, hid, b1 - b0, True, blas, ilp64,
+                         scratch)
             _lstm_gate_rows(z, c_prev, cells[t], hidden[t], b0, b1)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def lstm_recurrence_backward(w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reverse, dz, dh0,
-                             dc0, db_rows, d_hidden, d_cell, n_chunks):
+                             dc0, db_rows, d_hidden, d_cell, n_chunks, blas, ilp64):
     """Backpropagate through time for one LSTM layer in one direction.
 
     Parameters
@@ -204,6 +211,8 @@ def lstm_recurrence_backward(w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reve
         recurrent path) and dL/dc<t> (through h<t> and c<t+1>). Pass 0-row arrays to skip them.
     n_chunks : int
         Number of batch chunks run in parallel, at most B.
+    blas, ilp64 : bool
+        As for :func:`lstm_recurrence`.
     """
     n_steps, batch, hid = cells.shape
     width = gates.shape[2]
@@ -212,6 +221,7 @@ def lstm_recurrence_backward(w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reve
         b0 = ch * batch // n_chunks
         b1 = (ch + 1) * batch // n_chunks
         nb = b1 - b0
+        scratch = gemm_scratch()
         dh = np.empty((nb, hid), dtype=gates.dtype)  # dL/dh<t> through the step after t
         dc = np.empty((nb, hid), dtype=gates.dtype)  # dL/dc<t> through the step after t
         f_row = np.empty(hid, dtype=gates.dtype)  # f<t> of a row, read before dz overwrites it
@@ -227,8 +237,7 @@ def lstm_recurrence_backward(w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reve
                                  d_cell[t] if store_hidden else dc, store_hidden, b0, b1,
                                  f_row)
             # dh<t-1> = dz<t> W_hh
-            dh[:, :] = 0
-            accumulate_product(dh, 0, dz[t], b0, 0, w_hh, 0, width, nb)
+            step_product(dh, 0, dz[t], b0, 0, w_hh, 0, width, nb, False, blas, ilp64, scratch)
         for bb in range(nb):
             for i in range(hid):
                 dh0[b0 + bb, i] = dh[bb, i]
@@ -480,9 +489,9 @@ def lstm_recurrence_backward_units(w_cols, h0, c0, gates, cells, d_out, dh_n, dc
 # ------------------------------------------------------------------ large batch x hidden
 # When a step is itself a large matrix product (B x H by H x 4H), BLAS does it faster than the
 # compiled loops and register tiles (one thread here: float32 64 x 512 @ 512 x 2048 at 60-65 G
-# multiply-adds/s, the tiles at about 40). The kernels below are the batch-chunked ones with
-# the per-step product as one single-threaded BLAS call on the chunk's rows
-# (:func:`~rnnlab.kernels.cpu.blas.blas_product`): the whole time loop stays compiled, each
+# multiply-adds/s, the tiles at about 40). Then the batch-chunked kernels run the per-step
+# product as one single-threaded BLAS call on the chunk's rows (their ``blas`` argument,
+# :func:`~rnnlab.kernels.cpu.blas.step_product`): the whole time loop stays compiled, each
 # thread runs its own chunk with no barrier between steps, and the elementwise passes run in
 # parallel. The sums are BLAS's, not bitwise those of the loops.
 
@@ -515,66 +524,6 @@ def lstm_blas_steps(batch, hidden, dtype):
     """
     return (batch >= LSTM_BLAS_STEP_BATCH and
             batch * GATES * hidden * hidden * np.dtype(dtype).itemsize >= LSTM_BLAS_STEP_BYTES)
-
-
-@njit(cache=True, parallel=True, error_model="numpy")
-def lstm_recurrence_blas(w_hh_t, bias, h0, c0, reverse, gates, cells, hidden, n_chunks, ilp64):
-    """:func:`lstm_recurrence` with the per-step product as one single-threaded BLAS call per
-    batch chunk (for large ``B * 4H * H``); same arguments, plus ``ilp64`` from
-    :func:`~rnnlab.kernels.cpu.blas.bind_gemm`. BLAS must be limited to one thread."""
-    n_steps, batch, hid = hidden.shape
-    width = gates.shape[2]
-    for ch in prange(n_chunks):
-        b0 = ch * batch // n_chunks
-        b1 = (ch + 1) * batch // n_chunks
-        scratch = gemm_scratch()
-        for s in range(n_steps):
-            t = n_steps - 1 - s if reverse else s
-            tp = t + 1 if reverse else t - 1
-            h_prev = h0 if s == 0 else hidden[tp]
-            c_prev = c0 if s == 0 else cells[tp]
-            z = gates[t]
-            blas_product(z, b0, h_prev, b0, 0, w_hh_t, 0, hid, b1 - b0, True, ilp64, scratch)
-            for b in range(b0, b1):
-                z_b = z[b]
-                for i in range(width):
-                    z_b[i] = z_b[i] + bias[i]
-            _lstm_gate_rows(z, c_prev, cells[t], hidden[t], b0, b1)
-
-
-@njit(cache=True, parallel=True, error_model="numpy")
-def lstm_recurrence_backward_blas(w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reverse, dz,
-                                  dh0, dc0, db_rows, d_hidden, d_cell, n_chunks, ilp64):
-    """:func:`lstm_recurrence_backward` with the per-step product as one single-threaded BLAS
-    call per batch chunk; same arguments, plus ``ilp64`` (see :func:`lstm_recurrence_blas`)."""
-    n_steps, batch, hid = cells.shape
-    width = gates.shape[2]
-    store_hidden = d_hidden.shape[0] > 0
-    for ch in prange(n_chunks):
-        b0 = ch * batch // n_chunks
-        b1 = (ch + 1) * batch // n_chunks
-        nb = b1 - b0
-        scratch = gemm_scratch()
-        dh = np.empty((nb, hid), dtype=gates.dtype)  # dL/dh<t> through the step after t
-        dc = np.empty((nb, hid), dtype=gates.dtype)  # dL/dc<t> through the step after t
-        f_row = np.empty(hid, dtype=gates.dtype)
-        for bb in range(nb):
-            for i in range(hid):
-                dh[bb, i] = dh_n[b0 + bb, i]
-                dc[bb, i] = dc_n[b0 + bb, i]
-        for s in range(n_steps - 1, -1, -1):
-            t = n_steps - 1 - s if reverse else s
-            c_prev = c0 if s == 0 else cells[t + 1 if reverse else t - 1]
-            _lstm_gate_grad_rows(gates[t], cells[t], c_prev, d_out[t], dh, dc, dz[t], db_rows,
-                                 d_hidden[t] if store_hidden else dh,
-                                 d_cell[t] if store_hidden else dc, store_hidden, b0, b1,
-                                 f_row)
-            # dh<t-1> = dz<t> W_hh
-            blas_product(dh, 0, dz[t], b0, 0, w_hh, 0, width, nb, False, ilp64, scratch)
-        for bb in range(nb):
-            for i in range(hid):
-                dh0[b0 + bb, i] = dh[bb, i]
-                dc0[b0 + bb, i] = dc[bb, i]
 
 
 def lstm_layer_forward(x, w_ih, w_hh, bias, h0, c0, reverse=False, alloc=np.empty):
@@ -617,20 +566,15 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, h0, c0, reverse=False, alloc=np.empt
     cells = alloc((n_steps, batch, hid), x.dtype)
     hidden = np.empty((n_steps, batch, hid), dtype=x.dtype)
     parts = unit_parts(batch, hid, x.dtype.itemsize, forward=True)
-    if lstm_blas_steps(batch, hid, x.dtype):
-        chunks = n_chunks(batch)
-        ilp64 = bind_gemm()
-        with chunk_threads(chunks), blas_threads_for(0):
-            lstm_recurrence_blas(np.ascontiguousarray(w_hh.T), bias, np.ascontiguousarray(h0),
-                                 c0, reverse, gates, cells, hidden, chunks, ilp64)
-    elif parts:
+    blas = lstm_blas_steps(batch, hid, x.dtype)
+    if parts and not blas:
         lstm_recurrence_units(pack_unit_parts(w_hh, parts)[0], bias, h0, c0, reverse, gates,
                               cells, hidden, parts)
     else:
         chunks = n_chunks(batch)
-        with chunk_threads(chunks):
-            lstm_recurrence(np.ascontiguousarray(w_hh.T), bias, h0, c0, reverse, gates, cells,
-                            hidden, chunks)
+        with recurrence_threads(chunks, blas):
+            lstm_recurrence(np.ascontiguousarray(w_hh.T), bias, np.ascontiguousarray(h0), c0,
+                            reverse, gates, cells, hidden, chunks, blas, bind_gemm())
     return {"gates": gates, "cells": cells, "hidden": hidden}
 
 
@@ -675,22 +619,17 @@ def lstm_layer_backward(x, w_ih, w_hh, h0, c0, states, d_out, dh_n, dc_n, revers
     d_cell = np.empty_like(d_hidden)
     db_rows = np.zeros((batch, width), dtype=np.float64)
     parts = unit_parts(batch, hidden.shape[2], x.dtype.itemsize)
-    if lstm_blas_steps(batch, hidden.shape[2], x.dtype):
-        chunks = n_chunks(batch)
-        ilp64 = bind_gemm()
-        with chunk_threads(chunks), blas_threads_for(0):
-            lstm_recurrence_backward_blas(np.ascontiguousarray(w_hh), h0, c0, gates, cells, d_out,
-                                          dh_n, dc_n, reverse, dz, dh0, dc0, db_rows, d_hidden,
-                                          d_cell, chunks, ilp64)
-    elif parts:
+    blas = lstm_blas_steps(batch, hidden.shape[2], x.dtype)
+    if parts and not blas:
         lstm_recurrence_backward_units(pack_unit_parts(w_hh, parts)[1], h0, c0, gates, cells,
                                        d_out, dh_n, dc_n, reverse, dz, dh0, dc0, db_rows,
                                        d_hidden, d_cell, parts)
     else:
         chunks = n_chunks(batch)
-        with chunk_threads(chunks):
-            lstm_recurrence_backward(w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reverse, dz,
-                                     dh0, dc0, db_rows, d_hidden, d_cell, chunks)
+        with recurrence_threads(chunks, blas):
+            lstm_recurrence_backward(np.ascontiguousarray(w_hh), h0, c0, gates, cells, d_out,
+                                     dh_n, dc_n, reverse, dz, dh0, dc0, db_rows, d_hidden, d_cell,
+                                     chunks, blas, bind_gemm())
     dz2 = dz.reshape(-1, width)
     d_x = np.empty_like(x)
     d_w_ih = np.empty_like(w_ih)

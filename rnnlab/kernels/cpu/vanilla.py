@@ -24,12 +24,12 @@ from numba import njit, prange
 
 from ...activations import activate_rows, derivative_from_output
 from ..._blas import blas_threads_for
-from .blas import (accumulate_product, bind_gemm, blas_product, gemm_scratch, matmul_tasks,
-                   prev_state_tasks, run_products)
+from .blas import (bind_gemm, gemm_scratch, matmul_tasks, prev_state_tasks, run_products,
+                   step_product)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def rnn_recurrence(w_hh_t, w_tr_t, b_tr, h0, act, reverse, states, n_chunks):
+def rnn_recurrence(w_hh_t, w_tr_t, b_tr, h0, act, reverse, states, n_chunks, blas, ilp64):
     """Run the recurrence of one layer in one direction, in place.
 
     Parameters
@@ -52,18 +52,25 @@ def rnn_recurrence(w_hh_t, w_tr_t, b_tr, h0, act, reverse, states, n_chunks):
         ``states[k, t]`` is ``u_k<t>`` and ``states[D]`` the hidden states ``a<t>``.
     n_chunks : int
         Number of batch chunks run in parallel (each runs the whole time loop), at most B.
+    blas : bool
+        Every per-step product as one single-threaded BLAS call on the chunk's rows (for large
+        steps, :func:`blas_steps`; BLAS must be limited to one thread), not the compiled loops
+        (:func:`~rnnlab.kernels.cpu.blas.step_product`).
+    ilp64 : bool
+        From :func:`~rnnlab.kernels.cpu.blas.bind_gemm`, which must have run first.
     """
     depth = w_tr_t.shape[0]
     n_steps, batch, hidden = states.shape[1], states.shape[2], states.shape[3]
     for c in prange(n_chunks):
         b0 = c * batch // n_chunks
         b1 = (c + 1) * batch // n_chunks
+        scratch = gemm_scratch()
         for s in range(n_steps):
             t = n_steps - 1 - s if reverse else s
             prev = h0 if s == 0 else states[depth, t + 1 if reverse else t - 1]
             z = states[0, t]
-            # j outer (four rows of W_hh^T a pass), rows of the chunk in the middle
-            accumulate_product(z, b0, prev, b0, 0, w_hh_t, 0, hidden, b1 - b0)
+            step_product(z, b0, prev, b0, 0, w_hh_t, 0, hidden, b1 - b0, True, blas, ilp64,
+                         scratch)
             activate_rows(act, z, b0, b1)
             for k in range(1, depth + 1):
                 u_in = states[k - 1, t]
@@ -71,12 +78,14 @@ def rnn_recurrence(w_hh_t, w_tr_t, b_tr, h0, act, reverse, states, n_chunks):
                 for b in range(b0, b1):
                     for i in range(hidden):
                         u[b, i] = b_tr[k - 1, i]
-                accumulate_product(u, b0, u_in, b0, 0, w_tr_t[k - 1], 0, hidden, b1 - b0)
+                step_product(u, b0, u_in, b0, 0, w_tr_t[k - 1], 0, hidden, b1 - b0, True, blas,
+                             ilp64, scratch)
                 activate_rows(act, u, b0, b1)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def rnn_recurrence_backward(w_hh, w_tr, states, d_out, dh_n, act, reverse, dz, dh0, n_chunks):
+def rnn_recurrence_backward(w_hh, w_tr, states, d_out, dh_n, act, reverse, dz, dh0, n_chunks,
+                            blas, ilp64):
     """Backpropagate through time for one layer in one direction.
 
     Parameters
@@ -103,6 +112,8 @@ def rnn_recurrence_backward(w_hh, w_tr, states, d_out, dh_n, act, reverse, dz, d
         Output: gradient with respect to the initial hidden state.
     n_chunks : int
         Number of batch chunks run in parallel, at most B.
+    blas, ilp64 : bool
+        As for :func:`rnn_recurrence`.
     """
     depth = w_tr.shape[0]
     n_steps, batch, hidden = states.shape[1], states.shape[2], states.shape[3]
@@ -110,6 +121,7 @@ def rnn_recurrence_backward(w_hh, w_tr, states, d_out, dh_n, act, reverse, dz, d
         b0 = c * batch // n_chunks
         b1 = (c + 1) * batch // n_chunks
         nb = b1 - b0
+        scratch = gemm_scratch()
         carry = np.empty((nb, hidden), dtype=states.dtype)  # dL/da<t> through a<t+1>
         g = np.empty((nb, hidden), dtype=states.dtype)  # total dL/da<t>, then dL/du_k<t>
         for bb in range(nb):
@@ -126,15 +138,14 @@ def rnn_recurrence_backward(w_hh, w_tr, states, d_out, dh_n, act, reverse, dz, d
                 for bb in range(nb):
                     for i in range(hidden):
                         dz_k[b0 + bb, i] = g[bb, i] * derivative_from_output(act, u[b0 + bb, i])
-                g[:, :] = 0
-                accumulate_product(g, 0, dz_k, b0, 0, w_tr[k - 1], 0, hidden, nb)
+                step_product(g, 0, dz_k, b0, 0, w_tr[k - 1], 0, hidden, nb, False, blas, ilp64,
+                             scratch)
             a = states[0, t]
             dz_0 = dz[0, t]
             for bb in range(nb):
                 for i in range(hidden):
                     dz_0[b0 + bb, i] = g[bb, i] * derivative_from_output(act, a[b0 + bb, i])
-            carry[:, :] = 0
-            accumulate_product(carry, 0, dz_0, b0, 0, w_hh, 0, hidden, nb)
+            step_product(carry, 0, dz_0, b0, 0, w_hh, 0, hidden, nb, False, blas, ilp64, scratch)
         for bb in range(nb):
             for i in range(hidden):
                 dh0[b0 + bb, i] = carry[bb, i]
@@ -181,23 +192,18 @@ def rnn_layer_forward(x, w_ih, w_hh, bias, w_tr, b_tr, h0, act, reverse=False):
         states[0] += bias
     w_tr_t = np.ascontiguousarray(w_tr.transpose(0, 2, 1))
     chunks = n_chunks(batch)
-    if blas_steps(batch, hidden, x.dtype):
-        ilp64 = bind_gemm()
-        with chunk_threads(chunks), blas_threads_for(0):
-            rnn_recurrence_blas(np.ascontiguousarray(w_hh.T), w_tr_t, b_tr,
-                                np.ascontiguousarray(h0), act, reverse, states, chunks, ilp64)
-        return states
-    with chunk_threads(chunks):
-        rnn_recurrence(np.ascontiguousarray(w_hh.T), w_tr_t, b_tr, h0, act, reverse, states,
-                       chunks)
+    blas = blas_steps(batch, hidden, x.dtype)
+    with recurrence_threads(chunks, blas):
+        rnn_recurrence(np.ascontiguousarray(w_hh.T), w_tr_t, b_tr, np.ascontiguousarray(h0), act,
+                       reverse, states, chunks, blas, bind_gemm())
     return states
 
 
 # ------------------------------------------------------------------ large batch x hidden
 # When a step is itself a large matrix product (B x H by H x H), BLAS does it faster than the
-# compiled loops and register tiles. The kernels below are the batch-chunked ones with every
-# per-step product as one single-threaded BLAS call on the chunk's rows
-# (:func:`~rnnlab.kernels.cpu.blas.blas_product`): the time loop stays compiled, with no barrier
+# compiled loops and register tiles. Then the batch-chunked kernels above run every per-step
+# product as one single-threaded BLAS call on the chunk's rows (their ``blas`` argument,
+# :func:`~rnnlab.kernels.cpu.blas.step_product`): the time loop stays compiled, with no barrier
 # between steps, and the activations run in parallel. The sums are BLAS's, not bitwise those of
 # the loops.
 
@@ -218,75 +224,6 @@ def blas_steps(batch, hidden, dtype):
     :data:`BLAS_STEP_BYTES`, :data:`BLAS_STEP_BATCH`)."""
     return (batch >= BLAS_STEP_BATCH and
             batch * hidden * hidden * np.dtype(dtype).itemsize >= BLAS_STEP_BYTES)
-
-
-@njit(cache=True, parallel=True, error_model="numpy")
-def rnn_recurrence_blas(w_hh_t, w_tr_t, b_tr, h0, act, reverse, states, n_chunks, ilp64):
-    """:func:`rnn_recurrence` with every per-step product as one single-threaded BLAS call per
-    batch chunk (for large ``B * H * H``); same arguments, plus ``ilp64`` from
-    :func:`~rnnlab.kernels.cpu.blas.bind_gemm`. BLAS must be limited to one thread."""
-    depth = w_tr_t.shape[0]
-    n_steps, batch, hidden = states.shape[1], states.shape[2], states.shape[3]
-    for c in prange(n_chunks):
-        b0 = c * batch // n_chunks
-        b1 = (c + 1) * batch // n_chunks
-        scratch = gemm_scratch()
-        for s in range(n_steps):
-            t = n_steps - 1 - s if reverse else s
-            prev = h0 if s == 0 else states[depth, t + 1 if reverse else t - 1]
-            z = states[0, t]
-            blas_product(z, b0, prev, b0, 0, w_hh_t, 0, hidden, b1 - b0, True, ilp64, scratch)
-            activate_rows(act, z, b0, b1)
-            for k in range(1, depth + 1):
-                u_in = states[k - 1, t]
-                u = states[k, t]
-                for b in range(b0, b1):
-                    for i in range(hidden):
-                        u[b, i] = b_tr[k - 1, i]
-                blas_product(u, b0, u_in, b0, 0, w_tr_t[k - 1], 0, hidden, b1 - b0, True, ilp64,
-                             scratch)
-                activate_rows(act, u, b0, b1)
-
-
-@njit(cache=True, parallel=True, error_model="numpy")
-def rnn_recurrence_backward_blas(w_hh, w_tr, states, d_out, dh_n, act, reverse, dz, dh0,
-                                 n_chunks, ilp64):
-    """:func:`rnn_recurrence_backward` with every per-step product as one single-threaded BLAS
-    call per batch chunk; same arguments, plus ``ilp64`` (see :func:`rnn_recurrence_blas`)."""
-    depth = w_tr.shape[0]
-    n_steps, batch, hidden = states.shape[1], states.shape[2], states.shape[3]
-    for c in prange(n_chunks):
-        b0 = c * batch // n_chunks
-        b1 = (c + 1) * batch // n_chunks
-        nb = b1 - b0
-        scratch = gemm_scratch()
-        carry = np.empty((nb, hidden), dtype=states.dtype)  # dL/da<t> through a<t+1>
-        g = np.empty((nb, hidden), dtype=states.dtype)  # total dL/da<t>, then dL/du_k<t>
-        for bb in range(nb):
-            for i in range(hidden):
-                carry[bb, i] = dh_n[b0 + bb, i]
-        for s in range(n_steps - 1, -1, -1):
-            t = n_steps - 1 - s if reverse else s
-            for bb in range(nb):
-                for i in range(hidden):
-                    g[bb, i] = d_out[t, b0 + bb, i] + carry[bb, i]
-            for k in range(depth, 0, -1):
-                u = states[k, t]
-                dz_k = dz[k, t]
-                for bb in range(nb):
-                    for i in range(hidden):
-                        dz_k[b0 + bb, i] = g[bb, i] * derivative_from_output(act, u[b0 + bb, i])
-                blas_product(g, 0, dz_k, b0, 0, w_tr[k - 1], 0, hidden, nb, False, ilp64,
-                             scratch)
-            a = states[0, t]
-            dz_0 = dz[0, t]
-            for bb in range(nb):
-                for i in range(hidden):
-                    dz_0[b0 + bb, i] = g[bb, i] * derivative_from_output(act, a[b0 + bb, i])
-            blas_product(carry, 0, dz_0, b0, 0, w_hh, 0, hidden, nb, False, ilp64, scratch)
-        for bb in range(nb):
-            for i in range(hidden):
-                dh0[b0 + bb, i] = carry[bb, i]
 
 
 def n_chunks(batch):
@@ -318,6 +255,14 @@ def chunk_threads(n):
         yield
     finally:
         numba.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def recurrence_threads(n, blas):
+    """:func:`chunk_threads` for ``n`` chunks, and BLAS limited to one thread when the
+    recurrence calls it from every chunk (``blas``)."""
+    with chunk_threads(n), (blas_threads_for(0) if blas else contextlib.nullcontext()):
+        yield
 
 
 def _sum_rows(a):
@@ -352,16 +297,10 @@ def rnn_layer_backward(x, w_ih, w_hh, w_tr, h0, states, d_out, dh_n, act, revers
     dz = np.empty_like(states)
     dh0 = np.empty_like(h0)
     chunks = n_chunks(batch)
-    if blas_steps(batch, hidden, states.dtype):
-        ilp64 = bind_gemm()
-        with chunk_threads(chunks), blas_threads_for(0):
-            rnn_recurrence_backward_blas(np.ascontiguousarray(w_hh),
-                                         np.ascontiguousarray(w_tr), states, d_out, dh_n, act,
-                                         reverse, dz, dh0, chunks, ilp64)
-    else:
-        with chunk_threads(chunks):
-            rnn_recurrence_backward(w_hh, w_tr, states, d_out, dh_n, act, reverse, dz, dh0,
-                                    chunks)
+    blas = blas_steps(batch, hidden, states.dtype)
+    with recurrence_threads(chunks, blas):
+        rnn_recurrence_backward(np.ascontiguousarray(w_hh), np.ascontiguousarray(w_tr), states,
+                                d_out, dh_n, act, reverse, dz, dh0, chunks, blas, bind_gemm())
 
     dz0 = dz[0].reshape(-1, hidden)
     rows = dz0.shape[0]
