@@ -653,11 +653,30 @@ def test_lstm_layer_picks_the_unit_split_for_a_small_batch(monkeypatch):
         np.testing.assert_array_equal(chunked[name], split[name])
 
 
+@pytest.mark.parametrize("l2", [1 << 20, 2 << 20])
+def test_lstm_backward_splits_units_where_w_hh_overflows_l2_and_its_parts_fit(l2, monkeypatch):
+    if numba.get_num_threads() != 2:
+        pytest.skip("the rule is stated for two threads here")
+    monkeypatch.setattr(lstm_kernels, "l2_bytes", lambda: l2)
+    # float32 W_hh at H = 512 is 4 MB (2 MB a thread), at H = 256 1 MB; float64 twice that
+    assert (lstm_kernels.unit_parts(8, 512, 4) == 2) == (l2 == 2 << 20)
+    assert lstm_kernels.unit_parts(16, 512, 4) == lstm_kernels.unit_parts(8, 512, 4)
+    assert lstm_kernels.unit_parts(8, 512, 8) == 0  # 4 MB a thread
+    assert lstm_kernels.unit_parts(8, 256, 4) == 0  # fits one core's L2
+    assert (lstm_kernels.unit_parts(8, 256, 8) == 2) == (l2 == 1 << 20)
+
+
+def test_l2_size_is_read_or_defaults():
+    size = lstm_kernels.l2_bytes()
+    assert size >= 64 << 10 and size % 1024 == 0
+
+
 def test_lstm_forward_picks_the_unit_split_for_a_large_w_hh(monkeypatch):
     """At B >= threads the forward recurrence splits units when W_hh is large (by bytes);
     the backward one stays batch-chunked; the results are unchanged."""
     if numba.get_num_threads() < 2:
         pytest.skip("one thread: the unit split never applies")
+    monkeypatch.setattr(lstm_kernels, "l2_bytes", lambda: 1 << 20)  # W_hh of 1 MB fits in L2
     net = rnnlab.LSTM(3, 32, dtype=np.float64, seed=2)
     rng = np.random.default_rng(6)
     x, d_out = rng.standard_normal((9, 5, 3)), rng.standard_normal((9, 5, 32))

@@ -208,8 +208,8 @@ def gru_recurrence_backward(w_hh, h0, gates, hn, hidden, d_out, dh_n, reverse, d
 # ------------------------------------------------------------------ large batch x hidden
 # As for the LSTM (rnnlab.kernels.cpu.lstm.lstm_blas_steps): when a step is itself a large
 # matrix product (B x H by H x 3H), the batch-chunked kernels run the per-step products as
-# single-threaded BLAS calls on their chunk's rows (their ``blas`` argument). The sums are BLAS's, not bitwise those of
-# the loops.
+# single-threaded BLAS calls on their chunk's rows (their ``blas`` argument). The sums are
+# BLAS's, not bitwise those of the loops.
 
 #: Bytes of multiply-adds a step (B * 3H * H * itemsize) from which the GRU recurrence runs one
 #: BLAS product a step per batch chunk, for batches of at least GRU_BLAS_STEP_BATCH. Measured on

@@ -19,6 +19,9 @@ on all cores without BLAS's spinning threads). Memory for the arrays that do not
 comes from :class:`~rnnlab._scratch.ScratchBuffers`.
 """
 
+import functools
+import os
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -261,17 +264,43 @@ UNIT_SPLIT_WORK = 1 << 18
 #: all of W_hh through every core each step (measured, 2 cores, T = 1000, forward recurrence:
 #: float32 (8, 256) 44 -> 34 ms, (8, 512) 176 -> 132, (32, 128) 52 -> 42, float64 (8, 256)
 #: 128 -> 105; no gain at float32 (8, 128), (8, 192), (128, 64)). The backward recurrence stays
-#: batch-chunked there (measured slower split: float32 (8, 256) 34 -> 49 ms).
+#: batch-chunked there (measured slower split: float32 (8, 256) 34 -> 49 ms), unless W_hh
+#: overflows a core's L2 cache and one thread's part of it fits (:func:`l2_bytes`): then the
+#: batch chunks stream all of W_hh from L3 every step, the parts stay in L2. Measured on
+#: 2 cores (Intel Xeon, 2 MB L2 a core; T = 1000, fwd+BPTT, chunked -> split backward): float32
+#: (8, 512) (4 MB W_hh) 725-746 -> 609-618 ms, (16, 512) 1477-1485 -> 1203-1216; but float64
+#: (8, 512) (8 MB, 4 MB a part) 1552-1556 -> 1679-1694, float64 (8, 256) (2 MB) 298-301 ->
+#: 296, float32 (8, 256) (1 MB) 117-130 -> 138-142.
 UNIT_SPLIT_BYTES = 1 << 20
 UNIT_SPLIT_BATCH_BYTES = 1 << 23
+
+
+@functools.lru_cache(maxsize=1)
+def l2_bytes():
+    """Bytes of one core's L2 cache (Linux sysfs), or 1 MB where it cannot be read."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for index in sorted(os.listdir(base)):
+            with open(os.path.join(base, index, "level")) as f:
+                if f.read().strip() != "2":
+                    continue
+            with open(os.path.join(base, index, "size")) as f:
+                size = f.read().strip().upper()
+            scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+            return int(size.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        pass
+    return 1 << 20
 
 
 def unit_parts(batch, hidden, itemsize=4, forward=False):
     """Thread count for the unit-split kernels (0: use the batch-chunked ones).
 
     Unit splitting pays when the batch leaves threads idle and ``W_hh`` is too large for one
-    core's cache (see :data:`UNIT_SPLIT_WORK`), and in the forward pass when ``W_hh`` is large
-    whatever the batch (:data:`UNIT_SPLIT_BYTES`); a parallel region a step costs about 1 us.
+    core's cache (see :data:`UNIT_SPLIT_WORK`), in the forward pass when ``W_hh`` is large
+    whatever the batch (:data:`UNIT_SPLIT_BYTES`), and in the backward pass when ``W_hh``
+    overflows one core's L2 but a thread's part fits (:func:`l2_bytes`); a parallel region a
+    step costs about 1 us.
 
     Parameters
     ----------
@@ -290,6 +319,8 @@ def unit_parts(batch, hidden, itemsize=4, forward=False):
     w_bytes = GATES * hidden * hidden * itemsize
     if forward and (w_bytes >= UNIT_SPLIT_BYTES or (
             4 * w_bytes >= UNIT_SPLIT_BYTES and batch * w_bytes >= UNIT_SPLIT_BATCH_BYTES)):
+        return parts
+    if not forward and l2_bytes() < w_bytes <= parts * l2_bytes():
         return parts
     return 0
 
