@@ -27,8 +27,8 @@ import numpy as np
 from numba import njit, prange
 
 from ...activations import fast_sigmoid, fast_tanh, one_like
-from .blas import (accumulate_product, bind_gemm,
-                   gemm_scratch, matmul_tasks, prev_state_tasks, run_products, step_product)
+from .blas import (accumulate_product, bind_gemm, gemm_scratch, matmul_tasks, prev_state_tasks,
+                   run_products, step_product)
 from .vanilla import n_chunks, recurrence_threads
 
 #: Gate blocks stacked in the weights: i, f, g, o.
@@ -277,7 +277,13 @@ UNIT_SPLIT_BATCH_BYTES = 1 << 23
 
 @functools.lru_cache(maxsize=1)
 def l2_bytes():
-    """Bytes of one core's L2 cache (Linux sysfs), or 1 MB where it cannot be read."""
+    """One core's L2 cache size, for :func:`unit_parts`.
+
+    Returns
+    -------
+    int
+        Bytes, from Linux's sysfs (CPU 0), or 1 MB where it cannot be read.
+    """
     base = "/sys/devices/system/cpu/cpu0/cache"
     try:
         for index in sorted(os.listdir(base)):
