@@ -274,10 +274,33 @@ def test_step_product_tiles_and_loops_give_the_same_bits(dtype, rows, inner, col
 
 
 def test_step_product_tiles_follow_numba_target_cpu():
-    """Tiles only where Numba compiles for AVX-512: a generic target turns them off."""
-    code = "from rnnlab.kernels.cpu import blas; print(blas.TILES)"
+    """Tiles only where Numba compiles for AVX-512, fused multiply-adds only where it compiles
+    for FMA: a generic target turns both off."""
+    code = "from rnnlab.kernels.cpu import blas; print(blas.TILES, blas.FUSED)"
     env = dict(os.environ, NUMBA_CPU_NAME="generic")
     env.pop("NUMBA_CPU_FEATURES", None)
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True)
-    assert run.stdout.strip() == "False"
+    assert run.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("dtype, bits", [(np.float32, 12), (np.float64, 27)])
+@pytest.mark.parametrize("rows, inner, cols", [
+    (4, 1, 64), (8, 4, 128),  # register tiles
+    (1, 1, 128), (1, 5, 64),  # one-row and half-width tiles
+    (3, 1, 5), (2, 6, 7)])  # loops (unrolled by four, and the inner steps left over)
+def test_step_product_rounds_each_multiply_add_once_where_fused(dtype, bits, rows, inner, cols):
+    """Every multiply-add of the per-step product is fused where the target has FMA (one
+    rounding), else rounded twice, by tile and by loop alike. With ``e = 2**-bits`` and
+    ``a = w = 1 + e``, ``acc = -(1 + 2e)``: the exact ``acc + a w`` is ``e**2``, which a product
+    rounded on its own loses (``e**2`` is half an ulp of ``1 + 2e``, rounded to even)."""
+    e = dtype(2.0 ** -bits)
+    one = dtype(1)
+    a = np.zeros((rows, inner), dtype)
+    a[:, -1] = one + e  # the other steps add 0 * w, exact either way
+    w = np.full((inner, cols), one + e, dtype)
+    acc = np.full((rows, cols), -(one + 2 * e), dtype)
+    assert dtype(a[0, -1] * w[0, 0]) == one + 2 * e  # the rounded product alone
+    blas.accumulate_product(acc, 0, a, 0, 0, w, 0, inner, rows)
+    expect = dtype(e * e) if blas.FUSED else dtype(0)
+    np.testing.assert_array_equal(acc, np.full((rows, cols), expect, dtype))

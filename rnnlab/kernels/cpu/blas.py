@@ -433,8 +433,9 @@ def blas_product(out, out_row0, a, a_row0, a_col0, w, w_row0, n_inner, n_rows, a
 # whole inner dimension, so acc is loaded and stored once per product instead of once per four
 # multiply-adds. Written as LLVM IR (an intrinsic) because LLVM keeps neither Numba arrays nor
 # scalar locals of this size in vector registers. Each entry is still acc + a_0 w_0 + a_1 w_1
-# + ... with every product and sum rounded in turn (no fused multiply-add), exactly as the loops
-# do, so tiles and loops give the same bits and may be mixed. Measured on 2 cores (AMD EPYC,
+# + ... in that order, each step a fused multiply-add (one rounding) where the CPU has FMA
+# (:data:`FUSED`), exactly as the loops do (:func:`_madd`), so tiles and loops give the same
+# bits and may be mixed. Measured on 2 cores (AMD EPYC,
 # Zen 4), one thread, float32, G multiply-adds/s, loops -> tiles: 32 x 512 @ 512 x 1024
 # 28-33 -> 37-41, 16 x 512 @ 512 x 2048 30-31 -> 39-40, 64 x 256 @ 256 x 1024 25-32 -> 41-42,
 # 8 x 256 @ 256 x 1024 30-32 -> 40-41.
@@ -456,19 +457,61 @@ ROW_TILE_VECTORS_MAX = 32
 ROW_TILE_BYTES_MAX = 1 << 20
 
 
-def _wide_vectors():
-    """Whether Numba compiles for a CPU with AVX-512 (``NUMBA_CPU_NAME`` /
+def _target_has(feature):
+    """Whether Numba compiles for a CPU with ``feature`` (``NUMBA_CPU_NAME`` /
     ``NUMBA_CPU_FEATURES`` when set, else the host)."""
     from numba.core import config
 
     if config.CPU_NAME and config.CPU_NAME != "host":
-        return "+avx512f" in (config.CPU_FEATURES or "")
-    return bool(ll.get_host_cpu_features().get("avx512f", False))
+        return "+" + feature in (config.CPU_FEATURES or "")
+    return bool(ll.get_host_cpu_features().get(feature, False))
 
 
 #: Whether :func:`accumulate_product` uses register tiles (AVX-512 only: with 16 vector
 #: registers the tile would spill).
-TILES = _wide_vectors()
+TILES = _target_has("avx512f")
+#: Whether every multiply-add of the per-step product is fused (one rounding; the CPU's FMA
+#: instructions). Twice the peak of a multiply and an add rounded apart, which is what the
+#: per-step product runs at for small batches. Measured on 2 cores (Intel Xeon, AVX-512), one
+#: thread, float32 register tiles, G multiply-adds/s, separate -> fused: 4 x 512 @ 512 x 1024
+#: 41-43 -> 56-58, 8 x 256 @ 256 x 1024 54 -> 77-80, 4 x 256 @ 256 x 256 54 -> 67-68; float64
+#: 8 x 256 @ 256 x 1024 15.5 -> 20.5. Off where the target has no FMA (it would be a libm call
+#: per entry): results then differ in the last bits from an FMA machine's, as BLAS's do.
+FUSED = _target_has("fma")
+
+
+def _fused_call(builder, x, y, z):
+    """``x * y + z`` rounded once (``llvm.fma``), scalars or vectors of float or double."""
+    ty = x.type
+    if isinstance(ty, ir.VectorType):
+        suffix = "v%d%s" % (ty.count, "f64" if isinstance(ty.element, ir.DoubleType) else "f32")
+    else:
+        suffix = "f64" if isinstance(ty, ir.DoubleType) else "f32"
+    fn = builder.module.declare_intrinsic("llvm.fma." + suffix, fnty=ir.FunctionType(
+        ty, [ty, ty, ty]))
+    return builder.call(fn, [x, y, z])
+
+
+def _madd_ir(builder, acc, x, y):
+    # acc + x * y: fused where FUSED, else a multiply and an add rounded apart (the one
+    # definition every tile and loop of the per-step product uses)
+    if FUSED:
+        return _fused_call(builder, x, y, acc)
+    return builder.fadd(acc, builder.fmul(x, y))
+
+
+@intrinsic
+def _madd(typingctx, acc, x, y):
+    """``acc + x * y`` for floats of one type, as every step of the per-step product sums:
+    fused (one rounding) where :data:`FUSED`, else rounded twice."""
+    if not (isinstance(acc, types.Float) and acc == x == y):
+        return None
+    sig = acc(acc, x, y)
+
+    def codegen(context, builder, signature, args):
+        return _madd_ir(builder, *args)
+
+    return sig, codegen
 
 
 def _tile_intrinsic(double, n_rows=TILE_ROWS, n_vectors=TILE_VECTORS):
@@ -525,9 +568,7 @@ def _tile_intrinsic(double, n_rows=TILE_ROWS, n_vectors=TILE_VECTORS):
                     builder.insert_element(undef, a_rk, ir.Constant(ir.IntType(32), 0)), undef,
                     splat)
                 for v in range(n_vectors):
-                    # separate multiply and add, as the loops (no contraction without fastmath)
-                    new.append(builder.fadd(sums[r * n_vectors + v],
-                                            builder.fmul(a_vec, w_vec[v])))
+                    new.append(_madd_ir(builder, sums[r * n_vectors + v], a_vec, w_vec[v]))
             tail = builder.block
             k.add_incoming(builder.add(k, const(1)), tail)
             for phi, value in zip(sums, new):
@@ -574,15 +615,16 @@ def _loop_product(acc, acc_row0, a, a_row0, a_col0, w, w_row0, n_inner, n_rows, 
             y = acc[acc_row0 + r + 1, c0:c1]
             for i in range(x.shape[0]):
                 w0i, w1i, w2i, w3i = w0[i], w1[i], w2[i], w3[i]
-                x[i] = x[i] + a0 * w0i + a1 * w1i + a2 * w2i + a3 * w3i
-                y[i] = y[i] + b0 * w0i + b1 * w1i + b2 * w2i + b3 * w3i
+                x[i] = _madd(_madd(_madd(_madd(x[i], a0, w0i), a1, w1i), a2, w2i), a3, w3i)
+                y[i] = _madd(_madd(_madd(_madd(y[i], b0, w0i), b1, w1i), b2, w2i), b3, w3i)
             r += 2
         if r < n_rows:
             a_r = a[a_row0 + r]
             a0, a1, a2, a3 = a_r[c], a_r[c + 1], a_r[c + 2], a_r[c + 3]
             x = acc[acc_row0 + r, c0:c1]
             for i in range(x.shape[0]):
-                x[i] = x[i] + a0 * w0[i] + a1 * w1[i] + a2 * w2[i] + a3 * w3[i]
+                x[i] = _madd(_madd(_madd(_madd(x[i], a0, w0[i]), a1, w1[i]), a2, w2[i]), a3,
+                             w3[i])
         j += 4
     while j < n_inner:
         w0 = w[w_row0 + j, c0:c1]
@@ -590,7 +632,7 @@ def _loop_product(acc, acc_row0, a, a_row0, a_col0, w, w_row0, n_inner, n_rows, 
             a0 = a[a_row0 + r, a_col0 + j]
             x = acc[acc_row0 + r, c0:c1]
             for i in range(x.shape[0]):
-                x[i] = x[i] + a0 * w0[i]
+                x[i] = _madd(x[i], a0, w0[i])
         j += 1
 
 

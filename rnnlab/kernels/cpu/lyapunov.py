@@ -15,6 +15,7 @@ from numba import njit, prange
 
 from ..._blas import blas_threads_for
 from ...activations import activate, derivative_from_output
+from .blas import _madd
 from .qr import householder_qr_rows_ws, qr_workspace_size
 
 
@@ -280,12 +281,13 @@ def lyapunov_ensemble(w_hh_t, drive, h0, act, q0t, m, warmup, n_steps, sums, sta
             src = drive[t * step_stride, e * net_stride]
             for i in range(n):
                 z[i] = src[i]
-            # the order of rnn_recurrence: j outer, a contiguous axpy over i
+            # the order and rounding of rnn_recurrence: j outer, a contiguous axpy over i, each
+            # step a multiply-add as the per-step product rounds it
             for j in range(n):
                 a_j = a[j]
                 w_row = w_t[j]
                 for i in range(n):
-                    z[i] += a_j * w_row[i]
+                    z[i] = _madd(z[i], a_j, w_row[i])
             for i in range(n):
                 a[i] = activate(act, z[i])
                 d[i] = derivative_from_output(act, a[i])
