@@ -9,6 +9,11 @@ import os
 # by the user wins.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
+# before any kernel is decorated: cached kernels keyed on every compiled module (_cache.py)
+from . import _cache
+
+_cache.install()
+
 from ._backend import BackendUnavailableError, default_backend
 from ._scratch import release_scratch
 from ._version import __version__
