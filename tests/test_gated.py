@@ -584,6 +584,81 @@ def test_lstm_unit_split_kernels_are_bitwise_the_batch_chunked_ones(reverse, bat
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("store_hidden", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("batch, hidden, parts", [(1, 13, 2), (3, 8, 3), (2, 5, 1), (5, 9, 2),
+                                                  (1, 40, 2)])
+def test_gru_unit_split_kernels_are_bitwise_the_batch_chunked_ones(reverse, batch, hidden, parts,
+                                                                   store_hidden):
+    """As for the LSTM: the GRU's unit-split kernels sum in the order of the batch-chunked ones
+    (r, z, n gates; the n block's recurrent part kept apart), so every output is the same."""
+    rng = np.random.default_rng(batch * 100 + hidden + 7)
+    T, I = 7, 4
+    x = rng.standard_normal((T, batch, I))
+    w_ih = 0.5 * rng.standard_normal((3 * hidden, I))
+    w_hh = 0.5 * rng.standard_normal((3 * hidden, hidden))
+    b_ih, b_hh = 0.3 * rng.standard_normal((2, 3 * hidden))
+    h0 = rng.standard_normal((batch, hidden))
+    d_out = rng.standard_normal((T, batch, hidden))
+    dh_n = rng.standard_normal((batch, hidden))
+    proj = (x.reshape(-1, I) @ w_ih.T).reshape(T, batch, -1)
+    results = []
+    for units in (False, True):
+        gates = proj.copy()
+        hn = np.empty((T, batch, hidden))
+        hid = np.empty((T, batch, hidden))
+        w_rows, w_cols = lstm_kernels.pack_unit_parts(w_hh, parts)
+        assert w_rows.shape[2] == 3 * w_cols.shape[2]
+        if units:
+            gru_kernels.gru_recurrence_units(w_rows, b_ih, b_hh, h0, reverse, gates, hn, hid,
+                                             parts)
+        else:
+            gru_kernels.gru_recurrence(np.ascontiguousarray(w_hh.T), b_ih, b_hh, h0, reverse,
+                                       gates, hn, hid, 1, False, bind_gemm())
+        dz = np.empty((T, batch, 4 * hidden))
+        dh0 = np.empty_like(h0)
+        db_rows = np.zeros((batch, 4 * hidden))
+        d_hidden = np.empty((T if store_hidden else 0, batch, hidden))
+        if units:
+            gru_kernels.gru_recurrence_backward_units(w_cols, h0, gates, hn, hid, d_out, dh_n,
+                                                      reverse, dz, dh0, db_rows, d_hidden, parts)
+        else:
+            gru_kernels.gru_recurrence_backward(w_hh, h0, gates, hn, hid, d_out, dh_n, reverse,
+                                                dz, dh0, db_rows, d_hidden, batch, False,
+                                                bind_gemm())
+        results.append((gates, hn, hid, dz, dh0, db_rows, d_hidden))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_gru_layer_picks_the_unit_split_by_shape(monkeypatch):
+    """The GRU's wrappers use the LSTM's rule with three gate blocks; gradients (checked
+    against the batch-chunked kernels) are unchanged, and they are PyTorch's gradients by the
+    GRU tests above."""
+    if numba.get_num_threads() < 2:
+        pytest.skip("one thread: the unit split never applies")
+    assert lstm_kernels.unit_parts(1, 256, 4, gates=3) >= 2  # 3 * 256^2 multiply-adds a step
+    assert lstm_kernels.unit_parts(1, 128, 4, gates=3) == 0  # 3 * 128^2 < UNIT_SPLIT_WORK
+    # no forward split by batch bytes for the GRU: float32 (32, 256) has 768 KB of W_hh
+    assert lstm_kernels.unit_parts(32, 256, 4, forward=True, gates=3) >= 2
+    assert lstm_kernels.unit_parts(32, 256, 4, forward=True, gates=3, batch_bytes=None) == 0
+    net = rnnlab.GRU(3, 32, dtype=np.float64, seed=2)
+    rng = np.random.default_rng(5)
+    x, d_out = rng.standard_normal((9, 1, 3)), rng.standard_normal((9, 1, 32))
+    calls = []
+    for name in ("gru_recurrence_units", "gru_recurrence_backward_units"):
+        real = getattr(gru_kernels, name)
+        monkeypatch.setattr(gru_kernels, name,
+                            lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    chunked = net.backward(x, d_out)
+    assert calls == []
+    monkeypatch.setattr(lstm_kernels, "UNIT_SPLIT_WORK", 0)
+    split = net.backward(x, d_out)
+    assert calls == ["gru_recurrence_units", "gru_recurrence_backward_units"]
+    for name in chunked:
+        np.testing.assert_array_equal(chunked[name], split[name])
+
+
 @pytest.mark.parametrize("units", [False, True])
 @pytest.mark.parametrize("store_hidden", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])

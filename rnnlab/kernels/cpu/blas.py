@@ -643,8 +643,8 @@ def accumulate_product(acc, acc_row0, a, a_row0, a_col0, w, w_row0, n_inner, n_r
     The small per-step matrix product of every recurrence (``r < n_rows``, a chunk of the batch):
     register tiles of :data:`TILE_ROWS` rows where :data:`TILES` (whole tiles of rows and
     columns), compiled loops for the rest. Each entry is summed in the fixed order
-    ``j = 0, 1, 2, ...`` with every step rounded, the same bits by tile or loop and whatever
-    the chunking.
+    ``j = 0, 1, 2, ...``, every step one multiply-add rounded once where :data:`FUSED` (else
+    twice): the same bits by tile or loop and whatever the chunking.
 
     Parameters
     ----------

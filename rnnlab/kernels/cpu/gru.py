@@ -23,8 +23,9 @@ import numpy as np
 from numba import njit, prange
 
 from ...activations import fast_sigmoid, fast_tanh, one_like
-from .blas import (bind_gemm, gemm_scratch, matmul_tasks, prev_state_tasks, run_products,
-                   step_product)
+from .blas import (accumulate_product, bind_gemm, gemm_scratch, matmul_tasks, prev_state_tasks,
+                   run_products, step_product)
+from .lstm import pack_unit_parts, unit_parts
 from .vanilla import n_chunks, recurrence_threads
 
 #: Gate blocks stacked in the weights: r, z, n.
@@ -205,6 +206,161 @@ def gru_recurrence_backward(w_hh, h0, gates, hn, hidden, d_out, dh_n, reverse, d
                 dh0[b0 + bb, i] = dh[bb, i]
 
 
+# ---------------------------------------------------------------- small batch, large H
+# As for the LSTM (rnnlab.kernels.cpu.lstm, "small batch, large H", and its rule unit_parts with
+# three gate blocks): the hidden units split over the threads, one parallel region a step, each
+# thread's columns of W_hh staying in its own cache. The same sums in the same order as the
+# batch-chunked kernels: bitwise the same results.
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def gru_recurrence_units(w_rows, b_ih, b_hh, h0, reverse, gates, hn, hidden, n_parts):
+    """:func:`gru_recurrence` with the hidden units split over ``n_parts`` threads.
+
+    Same results (bitwise) as :func:`gru_recurrence`: part ``p`` owns units
+    ``[p*H/n_parts, (p+1)*H/n_parts)`` of every gate and every sequence, one parallel region a
+    step; ``w_rows`` (from :func:`~rnnlab.kernels.cpu.lstm.pack_unit_parts`) replaces
+    ``w_hh_t``.
+    """
+    n_steps, batch, hid = hidden.shape
+    units = w_rows.shape[2] // GATES
+    acc = np.zeros((n_parts, batch, GATES * units), dtype=gates.dtype)
+    for s in range(n_steps):
+        t = n_steps - 1 - s if reverse else s
+        h_prev = h0 if s == 0 else hidden[t + 1 if reverse else t - 1]
+        for p in prange(n_parts):
+            i0 = p * hid // n_parts
+            n = (p + 1) * hid // n_parts - i0
+            a_p = acc[p]
+            for b in range(batch):
+                for g in range(GATES):
+                    # slices: loops from 0 vectorise (no negative-index checks)
+                    a_g = a_p[b, g * units:g * units + n]
+                    b_g = b_hh[g * hid + i0:g * hid + i0 + n]
+                    for u in range(n):
+                        a_g[u] = b_g[u]
+            # W_hh h<t-1> + b_hh for all rows at once, the sums of gru_recurrence
+            accumulate_product(a_p, 0, h_prev, 0, 0, w_rows[p], 0, hid, batch)
+            for b in range(batch):
+                g_b = gates[t, b]
+                a_r = a_p[b, 0:n]
+                a_z = a_p[b, units:units + n]
+                a_n = a_p[b, 2 * units:2 * units + n]
+                g_r = g_b[i0:i0 + n]
+                g_z = g_b[hid + i0:hid + i0 + n]
+                g_n = g_b[2 * hid + i0:2 * hid + i0 + n]
+                bi_r = b_ih[i0:i0 + n]
+                bi_z = b_ih[hid + i0:hid + i0 + n]
+                bi_n = b_ih[2 * hid + i0:2 * hid + i0 + n]
+                hp = h_prev[b, i0:i0 + n]
+                hn_b = hn[t, b, i0:i0 + n]
+                h_b = hidden[t, b, i0:i0 + n]
+                for u in range(n):  # as _gru_gate_rows
+                    rg = fast_sigmoid(g_r[u] + bi_r[u] + a_r[u])
+                    zg = fast_sigmoid(g_z[u] + bi_z[u] + a_z[u])
+                    hn_u = a_n[u]
+                    ng = fast_tanh(g_n[u] + bi_n[u] + rg * hn_u)
+                    g_r[u] = rg
+                    g_z[u] = zg
+                    g_n[u] = ng
+                    hn_b[u] = hn_u
+                    h_b[u] = ng + zg * (hp[u] - ng)
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def gru_recurrence_backward_units(w_cols, h0, gates, hn, hidden, d_out, dh_n, reverse, dz, dh0,
+                                  db_rows, d_hidden, n_parts):
+    """:func:`gru_recurrence_backward` with the hidden units split over ``n_parts`` threads.
+
+    Same results (bitwise) as :func:`gru_recurrence_backward`; ``w_cols`` (from
+    :func:`~rnnlab.kernels.cpu.lstm.pack_unit_parts`) replaces ``w_hh``. One parallel region
+    per step: part ``p`` forms ``dL/dh<t>`` of its units from the direct path
+    ``dL/dh<t+1> z<t+1>`` and ``dz<t+1>`` (complete since the previous region) with its columns
+    of ``W_hh``, then the ``dz<t>`` of its units. ``dz`` must not share memory with ``gates``.
+    """
+    n_steps, batch, hid = hidden.shape
+    units = w_cols.shape[2]
+    store_hidden = d_hidden.shape[0] > 0
+    one = one_like(gates[0, 0, 0])
+    acc = np.zeros((n_parts, batch, units), dtype=gates.dtype)
+    direct = np.empty((batch, hid), dtype=gates.dtype)  # dL/dh<t+1> z<t+1>, each part its own
+    for s in range(n_steps - 1, -1, -1):
+        t = n_steps - 1 - s if reverse else s
+        t_next = t - 1 if reverse else t + 1  # the step processed before this one
+        h_prev = h0 if s == 0 else hidden[t + 1 if reverse else t - 1]
+        for p in prange(n_parts):
+            i0 = p * hid // n_parts
+            n = (p + 1) * hid // n_parts - i0
+            acc_p = acc[p]
+            if s == n_steps - 1:
+                for b in range(batch):
+                    for u in range(n):
+                        acc_p[b, u] = dh_n[b, i0 + u]
+            else:
+                # the order of gru_recurrence_backward: the direct path, then dz<t+1> of the
+                # gate rows r, z (columns 0:2H), then of n (3H:4H)
+                for b in range(batch):
+                    for u in range(n):
+                        acc_p[b, u] = direct[b, i0 + u]
+                accumulate_product(acc_p, 0, dz[t_next], 0, 0, w_cols[p], 0, 2 * hid, batch)
+                accumulate_product(acc_p, 0, dz[t_next], 0, 3 * hid, w_cols[p], 2 * hid, hid,
+                                   batch)
+            for b in range(batch):
+                a_b = acc_p[b]
+                g_b = gates[t, b]
+                g_r = g_b[i0:i0 + n]
+                g_z = g_b[hid + i0:hid + i0 + n]
+                g_n = g_b[2 * hid + i0:2 * hid + i0 + n]
+                dz_b = dz[t, b]
+                dz_r = dz_b[i0:i0 + n]
+                dz_z = dz_b[hid + i0:hid + i0 + n]
+                dz_n = dz_b[2 * hid + i0:2 * hid + i0 + n]
+                dz_m = dz_b[3 * hid + i0:3 * hid + i0 + n]
+                db_b = db_rows[b]
+                db_r = db_b[i0:i0 + n]
+                db_z = db_b[hid + i0:hid + i0 + n]
+                db_n = db_b[2 * hid + i0:2 * hid + i0 + n]
+                db_m = db_b[3 * hid + i0:3 * hid + i0 + n]
+                hn_b = hn[t, b, i0:i0 + n]
+                hp = h_prev[b, i0:i0 + n]
+                do_b = d_out[t, b, i0:i0 + n]
+                dir_b = direct[b, i0:i0 + n]
+                for u in range(n):  # as _gru_gate_grad_rows
+                    rg = g_r[u]
+                    zg = g_z[u]
+                    ng = g_n[u]
+                    dht = do_b[u] + a_b[u]
+                    dn = dht * (one - zg) * (one - ng * ng)
+                    dz_r[u] = dn * hn_b[u] * rg * (one - rg)
+                    dz_z[u] = dht * (hp[u] - ng) * zg * (one - zg)
+                    dz_n[u] = dn
+                    dz_m[u] = dn * rg
+                    a_b[u] = dht
+                    dir_b[u] = dht * zg
+                    db_r[u] += dz_r[u]
+                    db_z[u] += dz_z[u]
+                    db_n[u] += dz_n[u]
+                    db_m[u] += dz_m[u]
+                if store_hidden:
+                    d_h = d_hidden[t, b, i0:i0 + n]
+                    for u in range(n):
+                        d_h[u] = a_b[u]
+    # dh0 = the direct path + dz<first step> W_hh
+    t = n_steps - 1 if reverse else 0
+    for p in prange(n_parts):
+        i0 = p * hid // n_parts
+        n = (p + 1) * hid // n_parts - i0
+        acc_p = acc[p]
+        for b in range(batch):
+            for u in range(n):
+                acc_p[b, u] = direct[b, i0 + u]
+        accumulate_product(acc_p, 0, dz[t], 0, 0, w_cols[p], 0, 2 * hid, batch)
+        accumulate_product(acc_p, 0, dz[t], 0, 3 * hid, w_cols[p], 2 * hid, hid, batch)
+        for b in range(batch):
+            for u in range(n):
+                dh0[b, i0 + u] = acc_p[b, u]
+
+
 # ------------------------------------------------------------------ large batch x hidden
 # As for the LSTM (rnnlab.kernels.cpu.lstm.lstm_blas_steps): when a step is itself a large
 # matrix product (B x H by H x 3H), the batch-chunked kernels run the per-step products as
@@ -282,8 +438,14 @@ def gru_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, reverse=False, alloc=np.emp
         b_hh = np.zeros(width, dtype=x.dtype)
     hn = alloc((n_steps, batch, hid), x.dtype)
     hidden = np.empty((n_steps, batch, hid), dtype=x.dtype)
-    chunks = n_chunks(batch)
     blas = gru_blas_steps(batch, hid, x.dtype)
+    parts = unit_parts(batch, hid, x.dtype.itemsize, forward=True, gates=GATES,
+                       batch_bytes=None)
+    if parts and not blas:
+        gru_recurrence_units(pack_unit_parts(w_hh, parts)[0], b_ih, b_hh,
+                             np.ascontiguousarray(h0), reverse, gates, hn, hidden, parts)
+        return {"gates": gates, "hn": hn, "hidden": hidden}
+    chunks = n_chunks(batch)
     with recurrence_threads(chunks, blas):
         gru_recurrence(np.ascontiguousarray(w_hh.T), b_ih, b_hh, np.ascontiguousarray(h0),
                        reverse, gates, hn, hidden, chunks, blas, bind_gemm())
@@ -325,11 +487,17 @@ def gru_layer_backward(x, w_ih, w_hh, h0, states, d_out, dh_n, reverse=False,
     dh0 = np.empty_like(h0)
     d_hidden = np.empty((n_steps if hidden_grads else 0, batch, hid), dtype=x.dtype)
     db_rows = np.zeros((batch, width + hid), dtype=np.float64)
-    chunks = n_chunks(batch)
     blas = gru_blas_steps(batch, hid, x.dtype)
-    with recurrence_threads(chunks, blas):
-        gru_recurrence_backward(np.ascontiguousarray(w_hh), h0, gates, hn, hidden, d_out, dh_n,
-                                reverse, dz, dh0, db_rows, d_hidden, chunks, blas, bind_gemm())
+    parts = unit_parts(batch, hid, x.dtype.itemsize, gates=GATES)
+    if parts and not blas:
+        gru_recurrence_backward_units(pack_unit_parts(w_hh, parts)[1], h0, gates, hn, hidden,
+                                      d_out, dh_n, reverse, dz, dh0, db_rows, d_hidden, parts)
+    else:
+        chunks = n_chunks(batch)
+        with recurrence_threads(chunks, blas):
+            gru_recurrence_backward(np.ascontiguousarray(w_hh), h0, gates, hn, hidden, d_out,
+                                    dh_n, reverse, dz, dh0, db_rows, d_hidden, chunks, blas,
+                                    bind_gemm())
     dz_ih = dz.reshape(-1, width + hid)[:, :width]  # a strided view: BLAS takes it as is
     d_x = np.empty_like(x)
     d_w_ih = np.empty_like(w_ih)

@@ -15,8 +15,9 @@ reproducible and independent of the thread count.
 
 Shared with :mod:`rnnlab.kernels.cpu.gru`: :func:`step_product` (the per-step product),
 :func:`run_products` with :func:`matmul_tasks` and :func:`prev_state_tasks` (the large products,
-on all cores without BLAS's spinning threads). Memory for the arrays that do not outlive a call
-comes from :class:`~rnnlab._scratch.ScratchBuffers`.
+on all cores without BLAS's spinning threads); and from this module, the unit-split rule and
+packing (:func:`unit_parts`, :func:`pack_unit_parts`). Memory for the arrays that do not outlive
+a call comes from :class:`~rnnlab._scratch.ScratchBuffers`.
 """
 
 import functools
@@ -255,10 +256,12 @@ def lstm_recurrence_backward(w_hh, h0, c0, gates, cells, d_out, dh_n, dc_n, reve
 # rows of the batch at once. Every sum runs in the same order as in the batch-chunked kernels, so
 # the results are bitwise the same, and forward and backward may choose differently.
 
-#: Multiply-adds a step (4H * H * B) from which a small batch runs on unit-split kernels: where
-#: W_hh outgrows a core's cache. Measured on 2 cores (float32, T = 1000, B = 1, forward + BPTT):
-#: H = 256 42 -> 33 ms; H = 128 10.9 ms batch-chunked against 12.2 split.
-UNIT_SPLIT_WORK = 1 << 18
+#: Multiply-adds a step (GH * H * B, G gate blocks) from which a small batch runs on unit-split
+#: kernels: where W_hh outgrows a core's cache. Measured on 2 cores (T = 1000, B = 1,
+#: forward + BPTT, batch-chunked -> split): LSTM float32 H = 256 42 -> 33 ms, H = 128 10.9 ->
+#: 12.2 (AMD EPYC); GRU (Intel Xeon) float32 H = 512 228 -> 81 ms, H = 256 28 -> 25, H = 128
+#: 7.1 -> 10.7, float64 H = 512 499 -> 271, H = 256 58 -> 46, H = 128 14.5 -> 17.3.
+UNIT_SPLIT_WORK = 1 << 17
 #: At B >= threads the *forward* recurrence splits units too when W_hh has at least this many
 #: bytes, or a quarter of it and B times it has UNIT_SPLIT_BATCH_BYTES: batch chunks then stream
 #: all of W_hh through every core each step (measured, 2 cores, T = 1000, forward recurrence:
@@ -299,7 +302,8 @@ def l2_bytes():
     return 1 << 20
 
 
-def unit_parts(batch, hidden, itemsize=4, forward=False):
+def unit_parts(batch, hidden, itemsize=4, forward=False, gates=GATES,
+               batch_bytes=UNIT_SPLIT_BATCH_BYTES):
     """Thread count for the unit-split kernels (0: use the batch-chunked ones).
 
     Unit splitting pays when the batch leaves threads idle and ``W_hh`` is too large for one
@@ -315,16 +319,22 @@ def unit_parts(batch, hidden, itemsize=4, forward=False):
         Bytes per weight (4 or 8).
     forward : bool, optional
         For the forward recurrence (else the backward one).
+    gates : int, optional
+        Gate blocks in ``W_hh`` (4; the GRU's kernels use the same rule with 3).
+    batch_bytes : int or None, optional
+        :data:`UNIT_SPLIT_BATCH_BYTES`, or None: no forward split by batch bytes (the GRU's:
+        measured float32 (1000, 32, 256) fwd+BPTT 346 ms chunked, 359-374 split).
     """
     threads = numba.get_num_threads()
     parts = min(threads, hidden // 16)  # at least 16 units (4 x 16 columns) a thread
     if parts < 2:
         return 0
     if batch < threads:
-        return parts if GATES * hidden * hidden * batch >= UNIT_SPLIT_WORK else 0
-    w_bytes = GATES * hidden * hidden * itemsize
+        return parts if gates * hidden * hidden * batch >= UNIT_SPLIT_WORK else 0
+    w_bytes = gates * hidden * hidden * itemsize
     if forward and (w_bytes >= UNIT_SPLIT_BYTES or (
-            4 * w_bytes >= UNIT_SPLIT_BYTES and batch * w_bytes >= UNIT_SPLIT_BATCH_BYTES)):
+            batch_bytes is not None and 4 * w_bytes >= UNIT_SPLIT_BYTES and
+            batch * w_bytes >= batch_bytes)):
         return parts
     if not forward and l2_bytes() < w_bytes <= parts * l2_bytes():
         return parts
@@ -340,25 +350,26 @@ def pack_unit_parts(w_hh, n_parts):
 
     Parameters
     ----------
-    w_hh : ndarray, shape (4H, H)
-        Recurrent weights (PyTorch layout).
+    w_hh : ndarray, shape (G*H, H)
+        Recurrent weights (PyTorch layout), ``G`` gate blocks (4 for the LSTM, 3 for the GRU).
     n_parts : int
 
     Returns
     -------
-    w_rows : ndarray, shape (n_parts, H, 4U)
+    w_rows : ndarray, shape (n_parts, H, G*U)
         ``w_rows[p, j, g*U + u] = W_hh[g*H + i0 + u, j]``: part ``p``'s rows of every gate block
         (``U`` = most units in a part; zero padding), for the forward step.
-    w_cols : ndarray, shape (n_parts, 4H, U)
+    w_cols : ndarray, shape (n_parts, G*H, U)
         ``w_cols[p, k, u] = W_hh[k, i0 + u]``: part ``p``'s columns, for the backward step.
     """
     width, hid = w_hh.shape
+    n_gates = width // hid
     units = -(-hid // n_parts)
-    w_rows = np.zeros((n_parts, hid, GATES * units), dtype=w_hh.dtype)
+    w_rows = np.zeros((n_parts, hid, n_gates * units), dtype=w_hh.dtype)
     w_cols = np.zeros((n_parts, width, units), dtype=w_hh.dtype)
     for p in range(n_parts):
         i0, i1 = _part_bounds(p, n_parts, hid)
-        for g in range(GATES):
+        for g in range(n_gates):
             w_rows[p, :, g * units:g * units + i1 - i0] = w_hh[g * hid + i0:g * hid + i1].T
         w_cols[p, :, :i1 - i0] = w_hh[:, i0:i1]
     return w_rows, w_cols
