@@ -249,14 +249,17 @@ def test_scipys_blas_is_the_fallback_when_numpy_exports_no_gemm():
 @pytest.mark.parametrize("rows, inner, cols", [
     (4, 3, 64), (9, 17, 130), (5, 0, 70), (8, 33, 32), (13, 70, 200), (1, 5, 64), (4, 1, 64),
     (3, 40, 256), (16, 64, 1024),
+    # tall tiles (8 rows) alone, then a 4-row tile, then rows and columns for the loops
+    (8, 6, 64), (12, 9, 96), (23, 31, 200), (20, 5, 192),
     # one row left over: one-row tiles (with column edges), or loops past the size rule
     (1, 37, 300), (5, 21, 130), (1, 9, 128), (9, 50, 256), (1, 40, 1100),
     # half-width one-row tiles (64 float32 / 32 float64 columns), alone or after full ones
     (1, 30, 64), (1, 11, 200), (5, 7, 100), (1, 3, 40)])
 def test_step_product_tiles_and_loops_give_the_same_bits(dtype, rows, inner, cols, rng):
-    """accumulate_product (register tiles where the CPU has AVX-512, one-row tiles for a row
-    left over, loops for the edges) is bitwise the all-loop version, and both are a @ w added
-    to acc (float64 NumPy reference), with row and column offsets into larger arrays."""
+    """accumulate_product (register tiles of 8 and 4 rows where the CPU has AVX-512, one-row
+    tiles for a row left over, loops for the edges) is bitwise the all-loop version, and both
+    are a @ w added to acc (float64 NumPy reference), with row and column offsets into larger
+    arrays."""
     a = rng.standard_normal((rows + 3, inner + 5)).astype(dtype)
     w = rng.standard_normal((inner + 2, cols)).astype(dtype)
     acc0 = rng.standard_normal((rows + 1, cols)).astype(dtype)
@@ -286,7 +289,7 @@ def test_step_product_tiles_follow_numba_target_cpu():
 
 @pytest.mark.parametrize("dtype, bits", [(np.float32, 12), (np.float64, 27)])
 @pytest.mark.parametrize("rows, inner, cols", [
-    (4, 1, 64), (8, 4, 128),  # register tiles
+    (4, 1, 64), (8, 4, 128), (12, 2, 64),  # register tiles: 4 rows, tall (8), both
     (1, 1, 128), (1, 5, 64),  # one-row and half-width tiles
     (3, 1, 5), (2, 6, 7)])  # loops (unrolled by four, and the inner steps left over)
 def test_step_product_rounds_each_multiply_add_once_where_fused(dtype, bits, rows, inner, cols):
