@@ -276,6 +276,38 @@ def test_step_product_tiles_and_loops_give_the_same_bits(dtype, rows, inner, col
     np.testing.assert_array_equal(tiled[0], acc0[0])  # rows outside the block untouched
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows, inner, cols", [
+    (1, 9, 64), (1, 30, 300), (3, 17, 130), (4, 5, 64), (5, 21, 200), (7, 2, 33),  # 4-vector
+    (8, 13, 64), (9, 6, 100), (12, 31, 256), (13, 4, 40), (16, 40, 512), (23, 3, 17),  # 2-vector
+    (6, 0, 64)])
+def test_accumulate_panels_is_bitwise_accumulate_product(dtype, rows, inner, cols, rng):
+    """w packed as panels (widths by rows, zero-padded columns): the same bits as the
+    row-major product, with row, column and inner offsets; padded columns get a @ 0."""
+    a = rng.standard_normal((rows + 3, inner + 5)).astype(dtype)
+    w = rng.standard_normal((inner + 2, cols)).astype(dtype)
+    panels = blas.pack_panels(w, rows)
+    n_panels, k, width = panels.shape
+    assert k == inner + 2 and n_panels * width >= cols > (n_panels - 1) * width
+    assert width * np.dtype(dtype).itemsize == 64 * blas.panel_vectors(rows)
+    for q in range(n_panels):  # the layout, entry by entry
+        c1 = min(cols, (q + 1) * width)
+        np.testing.assert_array_equal(panels[q, :, :c1 - q * width], w[:, q * width:c1])
+        assert not panels[q, :, c1 - q * width:].any()
+    acc0 = rng.standard_normal((rows + 1, n_panels * width)).astype(dtype)
+    packed = acc0.copy()
+    blas.accumulate_panels(packed, 1, a, 2, 3, panels, 1, inner, rows)
+    plain = acc0.copy()
+    blas.accumulate_product(plain[:, :cols], 1, a, 2, 3, w, 1, inner, rows)
+    np.testing.assert_array_equal(packed[:, :cols], plain[:, :cols])
+    np.testing.assert_array_equal(packed[:, cols:], acc0[:, cols:])
+    loops = acc0.copy()  # the fallback where the target has no tiles
+    for q in range(n_panels):
+        blas._loop_product(loops[:, q * width:(q + 1) * width], 1, a, 2, 3, panels[q], 1, inner,
+                           rows, 0, width)
+    np.testing.assert_array_equal(packed, loops)
+
+
 def test_step_product_tiles_follow_numba_target_cpu():
     """Tiles only where Numba compiles for AVX-512, fused multiply-adds only where it compiles
     for FMA: a generic target turns both off."""

@@ -422,7 +422,7 @@ def test_accumulate_product_is_a_matrix_product():
         acc = rng.standard_normal((4, 6))
         expected = acc.copy()
         expected[1:4] += a[2:5, 3:3 + n_inner] @ w[2:2 + n_inner]
-        lstm_kernels.accumulate_product(acc, 1, a, 2, 3, w, 2, n_inner, 3)
+        blas_kernels.accumulate_product(acc, 1, a, 2, 3, w, 2, n_inner, 3)
         np.testing.assert_allclose(acc, expected, rtol=1e-13, atol=1e-13)
 
 
@@ -540,27 +540,35 @@ def test_load_state_dict_names_the_gate_count():
         rnn.load_state_dict(lstm.state_dict())
 
 
+# (W_hh as panels: batches from 8 take 2-vector panels and tall tiles, smaller ones 4-vector
+# panels, 4-row and one-row tiles; float32 and float64 panels differ in width)
+UNIT_SPLIT_CASES = [(1, 13, 2, np.float64), (3, 8, 3, np.float64), (2, 5, 1, np.float64),
+                    (5, 9, 2, np.float64), (1, 40, 2, np.float32), (9, 40, 2, np.float64),
+                    (13, 24, 3, np.float32), (8, 70, 2, np.float32)]
+
+
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("batch, hidden, parts", [(1, 13, 2), (3, 8, 3), (2, 5, 1), (5, 9, 2)])
+@pytest.mark.parametrize("batch, hidden, parts, dtype", UNIT_SPLIT_CASES)
 def test_lstm_unit_split_kernels_are_bitwise_the_batch_chunked_ones(reverse, batch, hidden,
-                                                                    parts):
+                                                                    parts, dtype):
     """Small batches split the hidden units over threads: the same sums in the same order."""
     rng = np.random.default_rng(batch * 100 + hidden)
     T, I = 7, 4
-    x = rng.standard_normal((T, batch, I))
-    w_ih = 0.5 * rng.standard_normal((4 * hidden, I))
-    w_hh = 0.5 * rng.standard_normal((4 * hidden, hidden))
-    bias = 0.3 * rng.standard_normal(4 * hidden)
-    h0, c0 = rng.standard_normal((2, batch, hidden))
-    d_out = rng.standard_normal((T, batch, hidden))
-    dh_n, dc_n = rng.standard_normal((2, batch, hidden))
+    x = rng.standard_normal((T, batch, I)).astype(dtype)
+    w_ih = (0.5 * rng.standard_normal((4 * hidden, I))).astype(dtype)
+    w_hh = (0.5 * rng.standard_normal((4 * hidden, hidden))).astype(dtype)
+    bias = (0.3 * rng.standard_normal(4 * hidden)).astype(dtype)
+    h0, c0 = rng.standard_normal((2, batch, hidden)).astype(dtype)
+    d_out = rng.standard_normal((T, batch, hidden)).astype(dtype)
+    dh_n, dc_n = rng.standard_normal((2, batch, hidden)).astype(dtype)
     proj = (x.reshape(-1, I) @ w_ih.T).reshape(T, batch, -1)
     results = []
     for units in (False, True):
         gates = proj.copy()
-        cells = np.empty((T, batch, hidden))
-        hid = np.empty((T, batch, hidden))
-        w_rows, w_cols = lstm_kernels.pack_unit_parts(w_hh, parts)
+        cells = np.empty((T, batch, hidden), dtype)
+        hid = np.empty((T, batch, hidden), dtype)
+        w_rows = lstm_kernels.pack_unit_parts(w_hh, parts, batch, True)
+        w_cols = lstm_kernels.pack_unit_parts(w_hh, parts, batch, False)
         if units:
             lstm_kernels.lstm_recurrence_units(w_rows, bias, h0, c0, reverse, gates, cells, hid,
                                                parts)
@@ -570,7 +578,7 @@ def test_lstm_unit_split_kernels_are_bitwise_the_batch_chunked_ones(reverse, bat
         dz = np.empty_like(gates)
         dh0, dc0 = np.empty_like(h0), np.empty_like(c0)
         db_rows = np.zeros((batch, 4 * hidden))
-        d_hidden, d_cell = np.empty((2, T, batch, hidden))
+        d_hidden, d_cell = np.empty((2, T, batch, hidden), dtype)
         if units:
             lstm_kernels.lstm_recurrence_backward_units(
                 w_cols, h0, c0, gates, cells, d_out, dh_n, dc_n, reverse, dz, dh0, dc0, db_rows,
@@ -586,39 +594,50 @@ def test_lstm_unit_split_kernels_are_bitwise_the_batch_chunked_ones(reverse, bat
 
 @pytest.mark.parametrize("store_hidden", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("batch, hidden, parts", [(1, 13, 2), (3, 8, 3), (2, 5, 1), (5, 9, 2),
-                                                  (1, 40, 2)])
+@pytest.mark.parametrize("batch, hidden, parts, dtype", UNIT_SPLIT_CASES)
 def test_gru_unit_split_kernels_are_bitwise_the_batch_chunked_ones(reverse, batch, hidden, parts,
-                                                                   store_hidden):
+                                                                   dtype, store_hidden):
     """As for the LSTM: the GRU's unit-split kernels sum in the order of the batch-chunked ones
     (r, z, n gates; the n block's recurrent part kept apart), so every output is the same."""
     rng = np.random.default_rng(batch * 100 + hidden + 7)
     T, I = 7, 4
-    x = rng.standard_normal((T, batch, I))
-    w_ih = 0.5 * rng.standard_normal((3 * hidden, I))
-    w_hh = 0.5 * rng.standard_normal((3 * hidden, hidden))
-    b_ih, b_hh = 0.3 * rng.standard_normal((2, 3 * hidden))
-    h0 = rng.standard_normal((batch, hidden))
-    d_out = rng.standard_normal((T, batch, hidden))
-    dh_n = rng.standard_normal((batch, hidden))
+    x = rng.standard_normal((T, batch, I)).astype(dtype)
+    w_ih = (0.5 * rng.standard_normal((3 * hidden, I))).astype(dtype)
+    w_hh = (0.5 * rng.standard_normal((3 * hidden, hidden))).astype(dtype)
+    b_ih, b_hh = (0.3 * rng.standard_normal((2, 3 * hidden))).astype(dtype)
+    h0 = rng.standard_normal((batch, hidden)).astype(dtype)
+    d_out = rng.standard_normal((T, batch, hidden)).astype(dtype)
+    dh_n = rng.standard_normal((batch, hidden)).astype(dtype)
     proj = (x.reshape(-1, I) @ w_ih.T).reshape(T, batch, -1)
     results = []
+    units_max = -(-hidden // parts)
     for units in (False, True):
         gates = proj.copy()
-        hn = np.empty((T, batch, hidden))
-        hid = np.empty((T, batch, hidden))
-        w_rows, w_cols = lstm_kernels.pack_unit_parts(w_hh, parts)
-        assert w_rows.shape[2] == 3 * w_cols.shape[2]
+        hn = np.empty((T, batch, hidden), dtype)
+        hid = np.empty((T, batch, hidden), dtype)
+        w_rows = lstm_kernels.pack_unit_parts(w_hh, parts, batch, True)
+        w_cols = lstm_kernels.pack_unit_parts(w_hh, parts, batch, False)
+        # the panels of each part's rows of every gate block and of its columns, padded
+        rows = np.zeros((parts, hidden, 3 * units_max), dtype)
+        cols = np.zeros((parts, 3 * hidden, units_max), dtype)
+        for p in range(parts):
+            i0, i1 = p * hidden // parts, (p + 1) * hidden // parts
+            for g in range(3):
+                rows[p, :, g * units_max:g * units_max + i1 - i0] = w_hh[
+                    g * hidden + i0:g * hidden + i1].T
+            cols[p, :, :i1 - i0] = w_hh[:, i0:i1]
+        np.testing.assert_array_equal(w_rows, blas_kernels.pack_panels(rows, batch))
+        np.testing.assert_array_equal(w_cols, blas_kernels.pack_panels(cols, batch))
         if units:
             gru_kernels.gru_recurrence_units(w_rows, b_ih, b_hh, h0, reverse, gates, hn, hid,
                                              parts)
         else:
             gru_kernels.gru_recurrence(np.ascontiguousarray(w_hh.T), b_ih, b_hh, h0, reverse,
                                        gates, hn, hid, 1, False, bind_gemm())
-        dz = np.empty((T, batch, 4 * hidden))
+        dz = np.empty((T, batch, 4 * hidden), dtype)
         dh0 = np.empty_like(h0)
         db_rows = np.zeros((batch, 4 * hidden))
-        d_hidden = np.empty((T if store_hidden else 0, batch, hidden))
+        d_hidden = np.empty((T if store_hidden else 0, batch, hidden), dtype)
         if units:
             gru_kernels.gru_recurrence_backward_units(w_cols, h0, gates, hn, hid, d_out, dh_n,
                                                       reverse, dz, dh0, db_rows, d_hidden, parts)
@@ -683,8 +702,8 @@ def test_lstm_backward_may_write_dz_over_the_gates(units, store_hidden, reverse)
         d_hidden, d_cell = np.empty((2, T if store_hidden else 0, batch, hidden))
         if units:
             lstm_kernels.lstm_recurrence_backward_units(
-                lstm_kernels.pack_unit_parts(w_hh, parts)[1], h0, c0, g, cells, d_out, dh_n,
-                dc_n, reverse, dz, dh0, dc0, db_rows, d_hidden, d_cell, parts)
+                lstm_kernels.pack_unit_parts(w_hh, parts, batch, False), h0, c0, g, cells, d_out,
+                dh_n, dc_n, reverse, dz, dh0, dc0, db_rows, d_hidden, d_cell, parts)
         else:
             lstm_kernels.lstm_recurrence_backward(
                 w_hh, h0, c0, g, cells, d_out, dh_n, dc_n, reverse, dz, dh0, dc0, db_rows,

@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from ...activations import fast_sigmoid, fast_tanh, one_like
-from .blas import (accumulate_product, bind_gemm, gemm_scratch, matmul_tasks, prev_state_tasks,
+from .blas import (accumulate_panels, bind_gemm, gemm_scratch, matmul_tasks, prev_state_tasks,
                    run_products, step_product)
 from .lstm import pack_unit_parts, unit_parts
 from .vanilla import n_chunks, recurrence_threads
@@ -219,12 +219,12 @@ def gru_recurrence_units(w_rows, b_ih, b_hh, h0, reverse, gates, hn, hidden, n_p
 
     Same results (bitwise) as :func:`gru_recurrence`: part ``p`` owns units
     ``[p*H/n_parts, (p+1)*H/n_parts)`` of every gate and every sequence, one parallel region a
-    step; ``w_rows`` (from :func:`~rnnlab.kernels.cpu.lstm.pack_unit_parts`) replaces
-    ``w_hh_t``.
+    step; ``w_rows`` (from :func:`~rnnlab.kernels.cpu.lstm.pack_unit_parts`,
+    ``forward=True``: panels) replaces ``w_hh_t``.
     """
     n_steps, batch, hid = hidden.shape
-    units = w_rows.shape[2] // GATES
-    acc = np.zeros((n_parts, batch, GATES * units), dtype=gates.dtype)
+    units = -(-hid // n_parts)
+    acc = np.zeros((n_parts, batch, w_rows.shape[1] * w_rows.shape[3]), dtype=gates.dtype)
     for s in range(n_steps):
         t = n_steps - 1 - s if reverse else s
         h_prev = h0 if s == 0 else hidden[t + 1 if reverse else t - 1]
@@ -240,7 +240,7 @@ def gru_recurrence_units(w_rows, b_ih, b_hh, h0, reverse, gates, hn, hidden, n_p
                     for u in range(n):
                         a_g[u] = b_g[u]
             # W_hh h<t-1> + b_hh for all rows at once, the sums of gru_recurrence
-            accumulate_product(a_p, 0, h_prev, 0, 0, w_rows[p], 0, hid, batch)
+            accumulate_panels(a_p, 0, h_prev, 0, 0, w_rows[p], 0, hid, batch)
             for b in range(batch):
                 g_b = gates[t, b]
                 a_r = a_p[b, 0:n]
@@ -273,16 +273,16 @@ def gru_recurrence_backward_units(w_cols, h0, gates, hn, hidden, d_out, dh_n, re
     """:func:`gru_recurrence_backward` with the hidden units split over ``n_parts`` threads.
 
     Same results (bitwise) as :func:`gru_recurrence_backward`; ``w_cols`` (from
-    :func:`~rnnlab.kernels.cpu.lstm.pack_unit_parts`) replaces ``w_hh``. One parallel region
+    :func:`~rnnlab.kernels.cpu.lstm.pack_unit_parts`, ``forward=False``: panels) replaces
+    ``w_hh``. One parallel region
     per step: part ``p`` forms ``dL/dh<t>`` of its units from the direct path
     ``dL/dh<t+1> z<t+1>`` and ``dz<t+1>`` (complete since the previous region) with its columns
     of ``W_hh``, then the ``dz<t>`` of its units. ``dz`` must not share memory with ``gates``.
     """
     n_steps, batch, hid = hidden.shape
-    units = w_cols.shape[2]
     store_hidden = d_hidden.shape[0] > 0
     one = one_like(gates[0, 0, 0])
-    acc = np.zeros((n_parts, batch, units), dtype=gates.dtype)
+    acc = np.zeros((n_parts, batch, w_cols.shape[1] * w_cols.shape[3]), dtype=gates.dtype)
     direct = np.empty((batch, hid), dtype=gates.dtype)  # dL/dh<t+1> z<t+1>, each part its own
     for s in range(n_steps - 1, -1, -1):
         t = n_steps - 1 - s if reverse else s
@@ -302,9 +302,9 @@ def gru_recurrence_backward_units(w_cols, h0, gates, hn, hidden, d_out, dh_n, re
                 for b in range(batch):
                     for u in range(n):
                         acc_p[b, u] = direct[b, i0 + u]
-                accumulate_product(acc_p, 0, dz[t_next], 0, 0, w_cols[p], 0, 2 * hid, batch)
-                accumulate_product(acc_p, 0, dz[t_next], 0, 3 * hid, w_cols[p], 2 * hid, hid,
-                                   batch)
+                accumulate_panels(acc_p, 0, dz[t_next], 0, 0, w_cols[p], 0, 2 * hid, batch)
+                accumulate_panels(acc_p, 0, dz[t_next], 0, 3 * hid, w_cols[p], 2 * hid, hid,
+                                  batch)
             for b in range(batch):
                 a_b = acc_p[b]
                 g_b = gates[t, b]
@@ -354,8 +354,8 @@ def gru_recurrence_backward_units(w_cols, h0, gates, hn, hidden, d_out, dh_n, re
         for b in range(batch):
             for u in range(n):
                 acc_p[b, u] = direct[b, i0 + u]
-        accumulate_product(acc_p, 0, dz[t], 0, 0, w_cols[p], 0, 2 * hid, batch)
-        accumulate_product(acc_p, 0, dz[t], 0, 3 * hid, w_cols[p], 2 * hid, hid, batch)
+        accumulate_panels(acc_p, 0, dz[t], 0, 0, w_cols[p], 0, 2 * hid, batch)
+        accumulate_panels(acc_p, 0, dz[t], 0, 3 * hid, w_cols[p], 2 * hid, hid, batch)
         for b in range(batch):
             for u in range(n):
                 dh0[b, i0 + u] = acc_p[b, u]
@@ -442,7 +442,7 @@ def gru_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, reverse=False, alloc=np.emp
     parts = unit_parts(batch, hid, x.dtype.itemsize, forward=True, gates=GATES,
                        batch_bytes=None)
     if parts and not blas:
-        gru_recurrence_units(pack_unit_parts(w_hh, parts)[0], b_ih, b_hh,
+        gru_recurrence_units(pack_unit_parts(w_hh, parts, batch, True), b_ih, b_hh,
                              np.ascontiguousarray(h0), reverse, gates, hn, hidden, parts)
         return {"gates": gates, "hn": hn, "hidden": hidden}
     chunks = n_chunks(batch)
@@ -490,8 +490,9 @@ def gru_layer_backward(x, w_ih, w_hh, h0, states, d_out, dh_n, reverse=False,
     blas = gru_blas_steps(batch, hid, x.dtype)
     parts = unit_parts(batch, hid, x.dtype.itemsize, gates=GATES)
     if parts and not blas:
-        gru_recurrence_backward_units(pack_unit_parts(w_hh, parts)[1], h0, gates, hn, hidden,
-                                      d_out, dh_n, reverse, dz, dh0, db_rows, d_hidden, parts)
+        gru_recurrence_backward_units(pack_unit_parts(w_hh, parts, batch, False), h0, gates, hn,
+                                      hidden, d_out, dh_n, reverse, dz, dh0, db_rows, d_hidden,
+                                      parts)
     else:
         chunks = n_chunks(batch)
         with recurrence_threads(chunks, blas):

@@ -28,8 +28,8 @@ import numpy as np
 from numba import njit, prange
 
 from ...activations import fast_sigmoid, fast_tanh, one_like
-from .blas import (accumulate_product, bind_gemm, gemm_scratch, matmul_tasks, prev_state_tasks,
-                   run_products, step_product)
+from .blas import (accumulate_panels, bind_gemm, gemm_scratch, matmul_tasks, panel_columns,
+                   prev_state_tasks, run_products, step_product)
 from .vanilla import n_chunks, recurrence_threads
 
 #: Gate blocks stacked in the weights: i, f, g, o.
@@ -345,34 +345,50 @@ def _part_bounds(p, n_parts, hid):
     return p * hid // n_parts, (p + 1) * hid // n_parts
 
 
-def pack_unit_parts(w_hh, n_parts):
-    """The columns of every part's units, packed contiguously for the unit-split kernels.
+def pack_unit_parts(w_hh, n_parts, batch, forward):
+    """Every part's share of ``W_hh``, packed as panels for the unit-split kernels.
 
     Parameters
     ----------
     w_hh : ndarray, shape (G*H, H)
         Recurrent weights (PyTorch layout), ``G`` gate blocks (4 for the LSTM, 3 for the GRU).
     n_parts : int
+    batch : int
+        Rows of the per-step products (sets the panel width,
+        :func:`~rnnlab.kernels.cpu.blas.panel_columns`).
+    forward : bool
+        For the forward step (else the backward one).
 
     Returns
     -------
-    w_rows : ndarray, shape (n_parts, H, G*U)
-        ``w_rows[p, j, g*U + u] = W_hh[g*H + i0 + u, j]``: part ``p``'s rows of every gate block
-        (``U`` = most units in a part; zero padding), for the forward step.
-    w_cols : ndarray, shape (n_parts, G*H, U)
-        ``w_cols[p, k, u] = W_hh[k, i0 + u]``: part ``p``'s columns, for the backward step.
+    ndarray
+        Forward, shape ``(n_parts, P, H, C)``: the panels
+        (:func:`~rnnlab.kernels.cpu.blas.pack_panels`) of part ``p``'s rows of every gate block,
+        the ``(H, G*U)`` matrix ``R[j, g*U + u] = W_hh[g*H + i0 + u, j]`` (``U = ceil(H /
+        n_parts)``, the most units in a part; zero padding). Backward, shape
+        ``(n_parts, P', G*H, C)``: the panels of part ``p``'s columns, ``Q[k, u] = W_hh[k, i0 +
+        u]``.
     """
     width, hid = w_hh.shape
     n_gates = width // hid
     units = -(-hid // n_parts)
-    w_rows = np.zeros((n_parts, hid, n_gates * units), dtype=w_hh.dtype)
-    w_cols = np.zeros((n_parts, width, units), dtype=w_hh.dtype)
+    cols = panel_columns(batch, w_hh.itemsize)
+    if forward:
+        # R transposed, rows padded to whole panels, then one copy that transposes each panel
+        n_panels = -(-n_gates * units // cols)
+        r_t = np.zeros((n_parts, n_panels * cols, hid), dtype=w_hh.dtype)
+        for p in range(n_parts):
+            i0, i1 = _part_bounds(p, n_parts, hid)
+            for g in range(n_gates):
+                r_t[p, g * units:g * units + i1 - i0] = w_hh[g * hid + i0:g * hid + i1]
+        return np.ascontiguousarray(
+            r_t.reshape(n_parts, n_panels, cols, hid).transpose(0, 1, 3, 2))
+    n_panels = -(-units // cols)
+    q = np.zeros((n_parts, width, n_panels * cols), dtype=w_hh.dtype)
     for p in range(n_parts):
         i0, i1 = _part_bounds(p, n_parts, hid)
-        for g in range(n_gates):
-            w_rows[p, :, g * units:g * units + i1 - i0] = w_hh[g * hid + i0:g * hid + i1].T
-        w_cols[p, :, :i1 - i0] = w_hh[:, i0:i1]
-    return w_rows, w_cols
+        q[p, :, :i1 - i0] = w_hh[:, i0:i1]
+    return np.ascontiguousarray(q.reshape(n_parts, width, n_panels, cols).transpose(0, 2, 1, 3))
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -381,12 +397,12 @@ def lstm_recurrence_units(w_rows, bias, h0, c0, reverse, gates, cells, hidden, n
 
     Same results (bitwise) as :func:`lstm_recurrence`: part ``p`` owns units
     ``[p*H/n_parts, (p+1)*H/n_parts)`` of every gate and every sequence, one parallel region a
-    step; ``w_rows`` (from :func:`pack_unit_parts`) replaces ``w_hh_t``, so that each part's
-    accumulation is one contiguous axpy per input unit.
+    step; ``w_rows`` (from :func:`pack_unit_parts`, ``forward=True``) replaces ``w_hh_t``:
+    each part's rows of W_hh as panels, streamed in order every step.
     """
     n_steps, batch, hid = hidden.shape
-    units = w_rows.shape[2] // GATES
-    acc = np.zeros((n_parts, batch, GATES * units), dtype=gates.dtype)
+    units = -(-hid // n_parts)
+    acc = np.zeros((n_parts, batch, w_rows.shape[1] * w_rows.shape[3]), dtype=gates.dtype)
     for s in range(n_steps):
         t = n_steps - 1 - s if reverse else s
         tp = t + 1 if reverse else t - 1
@@ -407,7 +423,7 @@ def lstm_recurrence_units(w_rows, bias, h0, c0, reverse, gates, cells, hidden, n
                         a_g[u] = z_g[u] + b_g[u]
             # all rows at once (each load of W serves two): the sums of lstm_recurrence, bit
             # for bit
-            accumulate_product(a_p, 0, h_prev, 0, 0, w_rows[p], 0, hid, batch)
+            accumulate_panels(a_p, 0, h_prev, 0, 0, w_rows[p], 0, hid, batch)
             for b in range(batch):
                 z_b = gates[t, b]
                 a_i = a_p[b, 0:n]
@@ -441,18 +457,18 @@ def lstm_recurrence_backward_units(w_cols, h0, c0, gates, cells, d_out, dh_n, dc
     """:func:`lstm_recurrence_backward` with the hidden units split over ``n_parts`` threads.
 
     Same results (bitwise) as :func:`lstm_recurrence_backward`; ``w_cols`` (from
-    :func:`pack_unit_parts`) replaces ``w_hh``. One parallel region per step: part ``p`` forms
-    ``dL/dh<t>`` of its units from ``dz<t+1>`` (complete since the previous region) and its
-    columns of ``W_hh``, then the four ``dz<t>`` of its units.
+    :func:`pack_unit_parts`, ``forward=False``) replaces ``w_hh``. One parallel region per
+    step: part ``p`` forms ``dL/dh<t>`` of its units from ``dz<t+1>`` (complete since the
+    previous region) and its columns of ``W_hh``, then the four ``dz<t>`` of its units.
     """
     n_steps, batch, hid = cells.shape
     width = gates.shape[2]
-    units = w_cols.shape[2]
+    units = -(-hid // n_parts)
     store_hidden = d_hidden.shape[0] > 0
     one = one_like(gates[0, 0, 0])
     zero = one - one
     dc = np.empty((batch, hid), dtype=gates.dtype)
-    acc = np.zeros((n_parts, batch, units), dtype=gates.dtype)
+    acc = np.zeros((n_parts, batch, w_cols.shape[1] * w_cols.shape[3]), dtype=gates.dtype)
     f_rows = np.empty((n_parts, units), dtype=gates.dtype)  # read before dz overwrites them
     for b in range(batch):
         for i in range(hid):
@@ -472,7 +488,7 @@ def lstm_recurrence_backward_units(w_cols, h0, c0, gates, cells, d_out, dh_n, dc
             else:
                 # dh<t> = dz<t+1> W_hh for all rows at once, as lstm_recurrence_backward
                 acc_p[:, :] = zero
-                accumulate_product(acc_p, 0, dz[t_next], 0, 0, w_cols[p], 0, width, batch)
+                accumulate_panels(acc_p, 0, dz[t_next], 0, 0, w_cols[p], 0, width, batch)
             f_p = f_rows[p]
             for b in range(batch):
                 a_p = acc_p[b]
@@ -527,7 +543,7 @@ def lstm_recurrence_backward_units(w_cols, h0, c0, gates, cells, d_out, dh_n, dc
         n = (p + 1) * hid // n_parts - i0
         acc_p = acc[p]
         acc_p[:, :] = zero
-        accumulate_product(acc_p, 0, dz[t], 0, 0, w_cols[p], 0, width, batch)
+        accumulate_panels(acc_p, 0, dz[t], 0, 0, w_cols[p], 0, width, batch)
         for b in range(batch):
             for u in range(n):
                 dh0[b, i0 + u] = acc_p[b, u]
@@ -616,8 +632,8 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, h0, c0, reverse=False, alloc=np.empt
     parts = unit_parts(batch, hid, x.dtype.itemsize, forward=True)
     blas = lstm_blas_steps(batch, hid, x.dtype)
     if parts and not blas:
-        lstm_recurrence_units(pack_unit_parts(w_hh, parts)[0], bias, h0, c0, reverse, gates,
-                              cells, hidden, parts)
+        lstm_recurrence_units(pack_unit_parts(w_hh, parts, batch, True), bias, h0, c0, reverse,
+                              gates, cells, hidden, parts)
     else:
         chunks = n_chunks(batch)
         with recurrence_threads(chunks, blas):
@@ -669,8 +685,8 @@ def lstm_layer_backward(x, w_ih, w_hh, h0, c0, states, d_out, dh_n, dc_n, revers
     parts = unit_parts(batch, hidden.shape[2], x.dtype.itemsize)
     blas = lstm_blas_steps(batch, hidden.shape[2], x.dtype)
     if parts and not blas:
-        lstm_recurrence_backward_units(pack_unit_parts(w_hh, parts)[1], h0, c0, gates, cells,
-                                       d_out, dh_n, dc_n, reverse, dz, dh0, dc0, db_rows,
+        lstm_recurrence_backward_units(pack_unit_parts(w_hh, parts, batch, False), h0, c0, gates,
+                                       cells, d_out, dh_n, dc_n, reverse, dz, dh0, dc0, db_rows,
                                        d_hidden, d_cell, parts)
     else:
         chunks = n_chunks(batch)
