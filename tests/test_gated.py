@@ -656,6 +656,7 @@ def test_gru_layer_picks_the_unit_split_by_shape(monkeypatch):
     GRU tests above."""
     if numba.get_num_threads() < 2:
         pytest.skip("one thread: the unit split never applies")
+    monkeypatch.setattr(lstm_kernels, "l2_bytes", lambda: 2 << 20)
     assert lstm_kernels.unit_parts(1, 256, 4, gates=3) >= 2  # 3 * 256^2 multiply-adds a step
     assert lstm_kernels.unit_parts(1, 128, 4, gates=3) == 0  # 3 * 128^2 < UNIT_SPLIT_WORK
     # no forward split by batch bytes for the GRU: float32 (32, 256) has 768 KB of W_hh
@@ -748,16 +749,30 @@ def test_lstm_layer_picks_the_unit_split_for_a_small_batch(monkeypatch):
 
 
 @pytest.mark.parametrize("l2", [1 << 20, 2 << 20])
-def test_lstm_backward_splits_units_where_w_hh_overflows_l2_and_its_parts_fit(l2, monkeypatch):
+def test_lstm_splits_units_where_w_hh_fills_l2(l2, monkeypatch):
+    """Up to UNIT_SPLIT_MAX_BATCH rows both directions split wherever W_hh fills a core's L2,
+    BLAS steps or not; beyond, the backward one only where W_hh overflows L2 and a thread's part
+    fits, and never over BLAS steps."""
     if numba.get_num_threads() != 2:
         pytest.skip("the rule is stated for two threads here")
     monkeypatch.setattr(lstm_kernels, "l2_bytes", lambda: l2)
+    top = lstm_kernels.UNIT_SPLIT_MAX_BATCH
     # float32 W_hh at H = 512 is 4 MB (2 MB a thread), at H = 256 1 MB; float64 twice that
-    assert (lstm_kernels.unit_parts(8, 512, 4) == 2) == (l2 == 2 << 20)
-    assert lstm_kernels.unit_parts(16, 512, 4) == lstm_kernels.unit_parts(8, 512, 4)
-    assert lstm_kernels.unit_parts(8, 512, 8) == 0  # 4 MB a thread
-    assert lstm_kernels.unit_parts(8, 256, 4) == 0  # fits one core's L2
-    assert (lstm_kernels.unit_parts(8, 256, 8) == 2) == (l2 == 1 << 20)
+    for batch in (2, 8, top):
+        for forward in (False, True):
+            for blas in (False, True):
+                assert lstm_kernels.unit_parts(batch, 512, 4, forward, blas=blas) == 2
+                assert lstm_kernels.unit_parts(batch, 512, 8, forward, blas=blas) == 2
+                assert lstm_kernels.unit_parts(batch, 256, 8, forward, blas=blas) == 2
+        assert (lstm_kernels.unit_parts(batch, 256, 4) == 2) == (l2 == 1 << 20)
+        assert lstm_kernels.unit_parts(batch, 128, 8) == 0  # 512 KB
+    wide = 2 * top
+    assert (lstm_kernels.unit_parts(wide, 512, 4) == 2) == (l2 == 2 << 20)
+    assert lstm_kernels.unit_parts(wide, 512, 4, blas=True) == 0
+    assert lstm_kernels.unit_parts(wide, 512, 4, forward=True, blas=True) == 0
+    assert lstm_kernels.unit_parts(wide, 512, 8) == 0  # 4 MB a thread
+    assert lstm_kernels.unit_parts(wide, 256, 4) == 0  # fits one core's L2
+    assert (lstm_kernels.unit_parts(wide, 256, 8) == 2) == (l2 == 1 << 20)
 
 
 def test_l2_size_is_read_or_defaults():
@@ -770,7 +785,7 @@ def test_lstm_forward_picks_the_unit_split_for_a_large_w_hh(monkeypatch):
     the backward one stays batch-chunked; the results are unchanged."""
     if numba.get_num_threads() < 2:
         pytest.skip("one thread: the unit split never applies")
-    monkeypatch.setattr(lstm_kernels, "l2_bytes", lambda: 1 << 20)  # W_hh of 1 MB fits in L2
+    monkeypatch.setattr(lstm_kernels, "l2_bytes", lambda: 2 << 20)  # W_hh of 1 MB fits in L2
     net = rnnlab.LSTM(3, 32, dtype=np.float64, seed=2)
     rng = np.random.default_rng(6)
     x, d_out = rng.standard_normal((9, 5, 3)), rng.standard_normal((9, 5, 32))

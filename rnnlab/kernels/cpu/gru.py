@@ -440,8 +440,8 @@ def gru_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, reverse=False, alloc=np.emp
     hidden = np.empty((n_steps, batch, hid), dtype=x.dtype)
     blas = gru_blas_steps(batch, hid, x.dtype)
     parts = unit_parts(batch, hid, x.dtype.itemsize, forward=True, gates=GATES,
-                       batch_bytes=None)
-    if parts and not blas:
+                       batch_bytes=None, blas=blas)
+    if parts:
         gru_recurrence_units(pack_unit_parts(w_hh, parts, batch, True), b_ih, b_hh,
                              np.ascontiguousarray(h0), reverse, gates, hn, hidden, parts)
         return {"gates": gates, "hn": hn, "hidden": hidden}
@@ -488,8 +488,8 @@ def gru_layer_backward(x, w_ih, w_hh, h0, states, d_out, dh_n, reverse=False,
     d_hidden = np.empty((n_steps if hidden_grads else 0, batch, hid), dtype=x.dtype)
     db_rows = np.zeros((batch, width + hid), dtype=np.float64)
     blas = gru_blas_steps(batch, hid, x.dtype)
-    parts = unit_parts(batch, hid, x.dtype.itemsize, gates=GATES)
-    if parts and not blas:
+    parts = unit_parts(batch, hid, x.dtype.itemsize, gates=GATES, blas=blas)
+    if parts:
         gru_recurrence_backward_units(pack_unit_parts(w_hh, parts, batch, False), h0, gates, hn,
                                       hidden, d_out, dh_n, reverse, dz, dh0, db_rows, d_hidden,
                                       parts)

@@ -276,6 +276,19 @@ UNIT_SPLIT_WORK = 1 << 17
 #: 296, float32 (8, 256) (1 MB) 117-130 -> 138-142.
 UNIT_SPLIT_BYTES = 1 << 20
 UNIT_SPLIT_BATCH_BYTES = 1 << 23
+#: From B = threads up to this batch, both recurrences split units wherever W_hh fills a
+#: core's L2 cache or more (:func:`l2_bytes`), even where the batch-chunked kernels would run
+#: BLAS steps: the chunks then stream all of W_hh from L3 every step, the parts half of it each,
+#: in order (as panels). Measured on 2 cores (Intel Xeon, 2 MB L2 a core; T = 1000, fwd+BPTT,
+#: ms, the rules before -> split both): LSTM float32 (32, 512) 1846 -> 1562 (BLAS steps
+#: before), (8, 512) 423 -> 412; float64 (8, 256) 271 -> 257, (8, 512) 1136 -> 906, (32, 256)
+#: 1127 -> 976, (32, 512) 4076 -> 3163; GRU float32 (32, 512) 1426 -> 1097, (8, 512) 303 ->
+#: 304; float64 (8, 512) 739 -> 670, (32, 512) 2820 -> 2277. Not below one L2: LSTM float32
+#: (8, 256) 120 -> 134, (32, 256) 436 -> 482, float64 (8, 128) 96 -> 90; GRU float64 (8, 256)
+#: 191 -> 201, (32, 256) 771 -> 772. Not at B = 128: LSTM float32 (128, 512) 6321 -> 6025
+#: but float64 13877 -> 14397, float64 (128, 256) 4088 -> 4161; GRU float32 (128, 512) 4914
+#: -> 4673.
+UNIT_SPLIT_MAX_BATCH = 32
 
 
 @functools.lru_cache(maxsize=1)
@@ -303,14 +316,16 @@ def l2_bytes():
 
 
 def unit_parts(batch, hidden, itemsize=4, forward=False, gates=GATES,
-               batch_bytes=UNIT_SPLIT_BATCH_BYTES):
+               batch_bytes=UNIT_SPLIT_BATCH_BYTES, blas=False):
     """Thread count for the unit-split kernels (0: use the batch-chunked ones).
 
     Unit splitting pays when the batch leaves threads idle and ``W_hh`` is too large for one
-    core's cache (see :data:`UNIT_SPLIT_WORK`), in the forward pass when ``W_hh`` is large
-    whatever the batch (:data:`UNIT_SPLIT_BYTES`), and in the backward pass when ``W_hh``
-    overflows one core's L2 but a thread's part fits (:func:`l2_bytes`); a parallel region a
-    step costs about 1 us.
+    core's cache (see :data:`UNIT_SPLIT_WORK`), for batches up to
+    :data:`UNIT_SPLIT_MAX_BATCH` when ``W_hh`` fills a core's L2 (:func:`l2_bytes`), and
+    otherwise, unless the batch-chunked kernels run BLAS steps, in the forward pass when
+    ``W_hh`` is large whatever the batch (:data:`UNIT_SPLIT_BYTES`) and in the backward pass
+    when ``W_hh`` overflows one core's L2 but a thread's part fits; a parallel region a step
+    costs about 1 us.
 
     Parameters
     ----------
@@ -324,6 +339,8 @@ def unit_parts(batch, hidden, itemsize=4, forward=False, gates=GATES,
     batch_bytes : int or None, optional
         :data:`UNIT_SPLIT_BATCH_BYTES`, or None: no forward split by batch bytes (the GRU's:
         measured float32 (1000, 32, 256) fwd+BPTT 346 ms chunked, 359-374 split).
+    blas : bool, optional
+        Whether the batch-chunked kernels would run BLAS steps (:func:`lstm_blas_steps`).
     """
     threads = numba.get_num_threads()
     parts = min(threads, hidden // 16)  # at least 16 units (4 x 16 columns) a thread
@@ -332,6 +349,10 @@ def unit_parts(batch, hidden, itemsize=4, forward=False, gates=GATES,
     if batch < threads:
         return parts if gates * hidden * hidden * batch >= UNIT_SPLIT_WORK else 0
     w_bytes = gates * hidden * hidden * itemsize
+    if batch <= UNIT_SPLIT_MAX_BATCH and w_bytes >= l2_bytes():
+        return parts
+    if blas:
+        return 0
     if forward and (w_bytes >= UNIT_SPLIT_BYTES or (
             batch_bytes is not None and 4 * w_bytes >= UNIT_SPLIT_BYTES and
             batch * w_bytes >= batch_bytes)):
@@ -629,9 +650,9 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, h0, c0, reverse=False, alloc=np.empt
         bias = np.zeros(width, dtype=x.dtype)
     cells = alloc((n_steps, batch, hid), x.dtype)
     hidden = np.empty((n_steps, batch, hid), dtype=x.dtype)
-    parts = unit_parts(batch, hid, x.dtype.itemsize, forward=True)
     blas = lstm_blas_steps(batch, hid, x.dtype)
-    if parts and not blas:
+    parts = unit_parts(batch, hid, x.dtype.itemsize, forward=True, blas=blas)
+    if parts:
         lstm_recurrence_units(pack_unit_parts(w_hh, parts, batch, True), bias, h0, c0, reverse,
                               gates, cells, hidden, parts)
     else:
@@ -682,9 +703,9 @@ def lstm_layer_backward(x, w_ih, w_hh, h0, c0, states, d_out, dh_n, dc_n, revers
     d_hidden = np.empty((n_steps if hidden_grads else 0,) + hidden.shape[1:], dtype=x.dtype)
     d_cell = np.empty_like(d_hidden)
     db_rows = np.zeros((batch, width), dtype=np.float64)
-    parts = unit_parts(batch, hidden.shape[2], x.dtype.itemsize)
     blas = lstm_blas_steps(batch, hidden.shape[2], x.dtype)
-    if parts and not blas:
+    parts = unit_parts(batch, hidden.shape[2], x.dtype.itemsize, blas=blas)
+    if parts:
         lstm_recurrence_backward_units(pack_unit_parts(w_hh, parts, batch, False), h0, c0, gates,
                                        cells, d_out, dh_n, dc_n, reverse, dz, dh0, dc0, db_rows,
                                        d_hidden, d_cell, parts)
