@@ -213,6 +213,30 @@ def test_partial_spectrum_equals_the_leading_exponents():
     np.testing.assert_allclose(part.exponents, full.exponents[:5], rtol=1e-10, atol=1e-12)
 
 
+def test_matrix_free_frame_in_parallel_blocks_equals_one_block(monkeypatch):
+    """A frame of at least PARALLEL_ROWS rows runs in row blocks on parallel threads once m
+    steps reach SERIAL_WORK (rows evolve independently between QRs): the same exponents as
+    one block on one thread, and the rule picks each by size."""
+    import numba
+    from rnnlab.diagnostics import lyapunov as lyap_module
+    if numba.get_num_threads() < 2:
+        pytest.skip("one thread: a single block either way")
+    net = initialize(rnnlab.RNN(1, 16, dtype=F64, seed=0), "gaussian", gain=1.5, seed=1)
+    tr = _one(trajectories(net, np.random.default_rng(2).standard_normal((400, 1, 1))))
+    w, deriv = tr.diagonal_form()
+    q = np.linalg.qr(np.random.default_rng(0).standard_normal((16, 16)))[0]
+    monkeypatch.setattr(lyap_module, "PARALLEL_ROWS", 16)
+    monkeypatch.setattr(lyap_module, "SERIAL_WORK", 16 * 16 * 16 * 4)  # k n^2 m at m = 4
+    assert lyap_module._DiagonalRunner(w, deriv, q, 10).serial is False
+    assert lyap_module._DiagonalRunner(w, deriv, q, 2).serial is True
+    assert lyap_module._DiagonalRunner(w, deriv, q[:, :8], 10).serial is True  # 8 rows
+    blocks = lyapunov_spectrum(tr, m=10, warmup=50)
+    monkeypatch.setattr(lyap_module, "SERIAL_WORK", 1 << 62)
+    assert lyap_module._DiagonalRunner(w, deriv, q, 10).serial is True
+    one = lyapunov_spectrum(tr, m=10, warmup=50)
+    np.testing.assert_allclose(blocks.exponents, one.exponents, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("m", [1, 5, 10])
 def test_reorthonormalisation_interval_keeps_the_exponents(m):
     net = initialize(rnnlab.RNN(1, 16, dtype=F64, seed=0), "gaussian", gain=1.3, seed=1)

@@ -168,6 +168,12 @@ class _DenseRunner:
 
 #: Multiply-adds per step (k n^2) below which the matrix-free frame runs on one thread.
 SERIAL_WORK = 1 << 20
+#: Rows of the frame from which it runs in parallel anyway when a parallel region's m steps
+#: (k n^2 m multiply-adds) reach SERIAL_WORK: each thread's block keeps 32 rows or more.
+#: Measured on 2 cores (Intel Xeon; T = 10,000, full spectrum, one thread -> two): N = 64,
+#: m = 10 106-115 -> 87-90 ms; but N = 64, m = 1 421 -> 454, and k = 8 loses with m = 10
+#: (N = 128 42 -> 80 ms, N = 256 138 -> 175).
+PARALLEL_ROWS = 64
 
 
 class _DiagonalRunner:
@@ -178,7 +184,8 @@ class _DiagonalRunner:
         self.w_hh_t, self.deriv, self.m = np.ascontiguousarray(w_hh.T), deriv, m
         # a parallel region per step costs more than a small frame's step (and stalls when
         # the other cores are busy): small frames run on one thread
-        self.serial = k * n * n < SERIAL_WORK
+        self.serial = k * n * n < SERIAL_WORK and (k < PARALLEL_ROWS or
+                                                   k * n * n * m < SERIAL_WORK)
         n_blocks = 1 if self.serial else n_chunks(k)
         rows = -(-k // n_blocks)
         self.blocks = np.zeros((n_blocks, rows, n))
