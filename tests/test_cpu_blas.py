@@ -308,15 +308,27 @@ def test_accumulate_panels_is_bitwise_accumulate_product(dtype, rows, inner, col
     np.testing.assert_array_equal(packed, loops)
 
 
-def test_step_product_tiles_follow_numba_target_cpu():
+def test_step_product_tiles_follow_numba_target_cpu(tmp_path):
     """Tiles only where Numba compiles for AVX-512, fused multiply-adds only where it compiles
-    for FMA: a generic target turns both off."""
-    code = "from rnnlab.kernels.cpu import blas; print(blas.TILES, blas.FUSED)"
-    env = dict(os.environ, NUMBA_CPU_NAME="generic")
+    for FMA: a generic target turns both off, and the panels' loops then give the bits of the
+    row-major loops."""
+    code = textwrap.dedent("""
+        import numpy as np
+        from rnnlab.kernels.cpu import blas
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((9, 20)).astype(np.float32)
+        w = rng.standard_normal((20, 150)).astype(np.float32)
+        acc = rng.standard_normal((9, 192)).astype(np.float32)
+        plain = acc.copy()
+        blas.accumulate_product(plain, 0, a, 0, 0, w, 0, 20, 9)
+        blas.accumulate_panels(acc, 0, a, 0, 0, blas.pack_panels(w, 9), 0, 20, 9)
+        print(blas.TILES, blas.FUSED, np.array_equal(acc[:, :150], plain[:, :150]))
+    """)
+    env = dict(os.environ, NUMBA_CPU_NAME="generic", NUMBA_CACHE_DIR=str(tmp_path))
     env.pop("NUMBA_CPU_FEATURES", None)
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True)
-    assert run.stdout.split() == ["False", "False"]
+    assert run.stdout.split() == ["False", "False", "True"]
 
 
 @pytest.mark.parametrize("dtype, bits", [(np.float32, 12), (np.float64, 27)])

@@ -599,15 +599,51 @@ _tile32 = _tile_intrinsic(False)
 _tile64 = _tile_intrinsic(True)
 _tall32 = _tile_intrinsic(False, TALL_ROWS, TALL_VECTORS)
 _tall64 = _tile_intrinsic(True, TALL_ROWS, TALL_VECTORS)
+_row32 = _tile_intrinsic(False, 1, ROW_VECTORS)
+_row64 = _tile_intrinsic(True, 1, ROW_VECTORS)
+_half32 = _tile_intrinsic(False, 1, ROW_VECTORS // 2)
+_half64 = _tile_intrinsic(True, 1, ROW_VECTORS // 2)
 # the narrow tiles for rows left over in panels of TALL_VECTORS vectors
 _narrow32 = _tile_intrinsic(False, TILE_ROWS, TALL_VECTORS)
 _narrow64 = _tile_intrinsic(True, TILE_ROWS, TALL_VECTORS)
 _pair32 = _tile_intrinsic(False, 1, TALL_VECTORS)
 _pair64 = _tile_intrinsic(True, 1, TALL_VECTORS)
-_row32 = _tile_intrinsic(False, 1, ROW_VECTORS)
-_row64 = _tile_intrinsic(True, 1, ROW_VECTORS)
-_half32 = _tile_intrinsic(False, 1, ROW_VECTORS // 2)
-_half64 = _tile_intrinsic(True, 1, ROW_VECTORS // 2)
+
+
+@njit(cache=True, error_model="numpy")
+def _run_tile(n_rows, n_vectors, it, p_acc, ld_acc, p_a, ld_a, p_w, ld_w, n_inner):
+    # one register tile of n_rows x n_vectors (a shape compiled above) of itemsize it;
+    # arguments as for _tile_intrinsic (inlined by LLVM: the branches fold away)
+    args = (p_acc, ld_acc, p_a, ld_a, p_w, ld_w, n_inner)
+    if n_rows == TALL_ROWS:
+        if it == 8:
+            _tall64(*args)
+        else:
+            _tall32(*args)
+    elif n_rows == TILE_ROWS:
+        if n_vectors == TILE_VECTORS:
+            if it == 8:
+                _tile64(*args)
+            else:
+                _tile32(*args)
+        elif it == 8:
+            _narrow64(*args)
+        else:
+            _narrow32(*args)
+    elif n_vectors == ROW_VECTORS:
+        if it == 8:
+            _row64(*args)
+        else:
+            _row32(*args)
+    elif n_vectors == ROW_VECTORS // 2:
+        if it == 8:
+            _half64(*args)
+        else:
+            _half32(*args)
+    elif it == 8:
+        _pair64(*args)
+    else:
+        _pair32(*args)
 
 
 @njit(cache=True, error_model="numpy")
@@ -699,19 +735,11 @@ def accumulate_product(acc, acc_row0, a, a_row0, a_col0, w, w_row0, n_inner, n_r
             for c0 in range(0, cols_tiled, cols):
                 for r in range(0, rows_tall, TALL_ROWS):
                     for c in range(c0, c0 + cols, cols_tall):
-                        if it == 8:
-                            _tall64(p_acc + (r * ld_acc + c) * it, ld_acc, p_a + r * ld_a * it,
-                                    ld_a, p_w + c * it, ld_w, n_inner)
-                        else:
-                            _tall32(p_acc + (r * ld_acc + c) * it, ld_acc, p_a + r * ld_a * it,
-                                    ld_a, p_w + c * it, ld_w, n_inner)
+                        _run_tile(TALL_ROWS, TALL_VECTORS, it, p_acc + (r * ld_acc + c) * it,
+                                  ld_acc, p_a + r * ld_a * it, ld_a, p_w + c * it, ld_w, n_inner)
                 for r in range(rows_tall, rows_tiled, TILE_ROWS):
-                    if it == 8:
-                        _tile64(p_acc + (r * ld_acc + c0) * it, ld_acc, p_a + r * ld_a * it,
-                                ld_a, p_w + c0 * it, ld_w, n_inner)
-                    else:
-                        _tile32(p_acc + (r * ld_acc + c0) * it, ld_acc, p_a + r * ld_a * it,
-                                ld_a, p_w + c0 * it, ld_w, n_inner)
+                    _run_tile(TILE_ROWS, TILE_VECTORS, it, p_acc + (r * ld_acc + c0) * it, ld_acc,
+                              p_a + r * ld_a * it, ld_a, p_w + c0 * it, ld_w, n_inner)
         else:
             rows_tiled = 0
             cols_tiled = 0
@@ -727,16 +755,11 @@ def accumulate_product(acc, acc_row0, a, a_row0, a_col0, w, w_row0, n_inner, n_r
             p_acc_r = p_acc + r * ld_acc * it
             p_a_r = p_a + r * ld_a * it
             for c0 in range(0, cols_row, cols1):
-                if it == 8:
-                    _row64(p_acc_r + c0 * it, ld_acc, p_a_r, ld_a, p_w + c0 * it, ld_w, n_inner)
-                else:
-                    _row32(p_acc_r + c0 * it, ld_acc, p_a_r, ld_a, p_w + c0 * it, ld_w, n_inner)
+                _run_tile(1, ROW_VECTORS, it, p_acc_r + c0 * it, ld_acc, p_a_r, ld_a,
+                          p_w + c0 * it, ld_w, n_inner)
             if half:
-                c0 = cols_row
-                if it == 8:
-                    _half64(p_acc_r + c0 * it, ld_acc, p_a_r, ld_a, p_w + c0 * it, ld_w, n_inner)
-                else:
-                    _half32(p_acc_r + c0 * it, ld_acc, p_a_r, ld_a, p_w + c0 * it, ld_w, n_inner)
+                _run_tile(1, ROW_VECTORS // 2, it, p_acc_r + cols_row * it, ld_acc, p_a_r, ld_a,
+                          p_w + cols_row * it, ld_w, n_inner)
                 cols_row += cols1 // 2
             rows_done = 1
     c_left = cols_row if rows_done else 0
@@ -844,55 +867,25 @@ def accumulate_panels(acc, acc_row0, a, a_row0, a_col0, panels, w_row0, n_inner,
         p_w = panels.ctypes.data + q * panels.strides[0] + w_row0 * cols * it
         c0 = q * cols
         r = 0
-        while r + TALL_ROWS <= n_rows:
-            for v in range(0, vectors, TALL_VECTORS):
-                args = (p_acc + (r * ld_acc + c0 + v * lanes) * it, ld_acc, p_a + r * ld_a * it,
-                        ld_a, p_w + v * 64, cols, n_inner)
-                if it == 8:
-                    _tall64(*args)
-                else:
-                    _tall32(*args)
-            r += TALL_ROWS
-        while r + TILE_ROWS <= n_rows:
-            wide = vectors % TILE_VECTORS == 0
-            step = TILE_VECTORS if wide else TALL_VECTORS
-            for v in range(0, vectors, step):
-                args = (p_acc + (r * ld_acc + c0 + v * lanes) * it, ld_acc, p_a + r * ld_a * it,
-                        ld_a, p_w + v * 64, cols, n_inner)
-                if it == 8:
-                    if wide:
-                        _tile64(*args)
-                    else:
-                        _narrow64(*args)
-                elif wide:
-                    _tile32(*args)
-                else:
-                    _narrow32(*args)
-            r += TILE_ROWS
         while r < n_rows:
-            if vectors % ROW_VECTORS == 0:
-                step = ROW_VECTORS
-            elif vectors % (ROW_VECTORS // 2) == 0:
-                step = ROW_VECTORS // 2
+            # tall tiles, then 4-row tiles, then one row: each as wide as the panel allows
+            if r + TALL_ROWS <= n_rows:
+                rows, step = TALL_ROWS, TALL_VECTORS
+            elif r + TILE_ROWS <= n_rows:
+                rows = TILE_ROWS
+                step = TILE_VECTORS if vectors % TILE_VECTORS == 0 else TALL_VECTORS
             else:
-                step = TALL_VECTORS
-            for v in range(0, vectors, step):
-                args = (p_acc + (r * ld_acc + c0 + v * lanes) * it, ld_acc, p_a + r * ld_a * it,
-                        ld_a, p_w + v * 64, cols, n_inner)
-                if it == 8:
-                    if step == ROW_VECTORS:
-                        _row64(*args)
-                    elif step == TALL_VECTORS:
-                        _pair64(*args)
-                    else:
-                        _half64(*args)
-                elif step == ROW_VECTORS:
-                    _row32(*args)
-                elif step == TALL_VECTORS:
-                    _pair32(*args)
+                rows = 1
+                if vectors % ROW_VECTORS == 0:
+                    step = ROW_VECTORS
+                elif vectors % (ROW_VECTORS // 2) == 0:
+                    step = ROW_VECTORS // 2
                 else:
-                    _half32(*args)
-            r += 1
+                    step = TALL_VECTORS
+            for v in range(0, vectors, step):
+                _run_tile(rows, step, it, p_acc + (r * ld_acc + c0 + v * lanes) * it, ld_acc,
+                          p_a + r * ld_a * it, ld_a, p_w + v * 64, cols, n_inner)
+            r += rows
 
 
 @njit(cache=True, error_model="numpy")

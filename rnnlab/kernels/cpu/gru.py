@@ -267,6 +267,18 @@ def gru_recurrence_units(w_rows, b_ih, b_hh, h0, reverse, gates, hn, hidden, n_p
                     h_b[u] = ng + zg * (hp[u] - ng)
 
 
+@njit(cache=True, error_model="numpy")
+def _gru_dh_units(acc_p, direct, dz_next, w_cols_p, i0, n, hid):
+    # dL/dh of units i0:i0+n into acc_p[:, :n], in the order of gru_recurrence_backward: the
+    # direct path, then dz<t+1> of the gate rows r, z (columns 0:2H), then of n (3H:4H)
+    batch = acc_p.shape[0]
+    for b in range(batch):
+        for u in range(n):
+            acc_p[b, u] = direct[b, i0 + u]
+    accumulate_panels(acc_p, 0, dz_next, 0, 0, w_cols_p, 0, 2 * hid, batch)
+    accumulate_panels(acc_p, 0, dz_next, 0, 3 * hid, w_cols_p, 2 * hid, hid, batch)
+
+
 @njit(cache=True, parallel=True, error_model="numpy")
 def gru_recurrence_backward_units(w_cols, h0, gates, hn, hidden, d_out, dh_n, reverse, dz, dh0,
                                   db_rows, d_hidden, n_parts):
@@ -297,14 +309,7 @@ def gru_recurrence_backward_units(w_cols, h0, gates, hn, hidden, d_out, dh_n, re
                     for u in range(n):
                         acc_p[b, u] = dh_n[b, i0 + u]
             else:
-                # the order of gru_recurrence_backward: the direct path, then dz<t+1> of the
-                # gate rows r, z (columns 0:2H), then of n (3H:4H)
-                for b in range(batch):
-                    for u in range(n):
-                        acc_p[b, u] = direct[b, i0 + u]
-                accumulate_panels(acc_p, 0, dz[t_next], 0, 0, w_cols[p], 0, 2 * hid, batch)
-                accumulate_panels(acc_p, 0, dz[t_next], 0, 3 * hid, w_cols[p], 2 * hid, hid,
-                                  batch)
+                _gru_dh_units(acc_p, direct, dz[t_next], w_cols[p], i0, n, hid)
             for b in range(batch):
                 a_b = acc_p[b]
                 g_b = gates[t, b]
@@ -351,11 +356,7 @@ def gru_recurrence_backward_units(w_cols, h0, gates, hn, hidden, d_out, dh_n, re
         i0 = p * hid // n_parts
         n = (p + 1) * hid // n_parts - i0
         acc_p = acc[p]
-        for b in range(batch):
-            for u in range(n):
-                acc_p[b, u] = direct[b, i0 + u]
-        accumulate_panels(acc_p, 0, dz[t], 0, 0, w_cols[p], 0, 2 * hid, batch)
-        accumulate_panels(acc_p, 0, dz[t], 0, 3 * hid, w_cols[p], 2 * hid, hid, batch)
+        _gru_dh_units(acc_p, direct, dz[t], w_cols[p], i0, n, hid)
         for b in range(batch):
             for u in range(n):
                 dh0[b, i0 + u] = acc_p[b, u]
