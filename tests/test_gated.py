@@ -389,6 +389,35 @@ def test_scratch_pool_is_bounded_and_releasable(monkeypatch):
         assert scratch.empty((10,), np.float64) is not small
 
 
+def test_scratch_pool_keeps_unasked_buffers_and_frees_all_on_a_new_shape(monkeypatch):
+    import weakref
+    monkeypatch.setattr(scratch_pool, "SCRATCH_BYTES", 10_000)
+    rnnlab.release_scratch()
+    with scratch_pool.ScratchBuffers() as scratch:
+        a = weakref.ref(scratch.empty((10,), np.float64))
+        b = weakref.ref(scratch.empty((20,), np.float32))
+    with scratch_pool.ScratchBuffers() as scratch:  # asks for a only: b stays in the pool
+        assert scratch.empty((10,), np.float64) is a()
+    with scratch_pool.ScratchBuffers() as scratch:
+        assert scratch.empty((20,), np.float32) is b()
+    with scratch_pool.ScratchBuffers() as scratch:
+        assert scratch.empty((10,), np.float64) is a()
+        fresh = scratch.empty((30,), np.float64)  # a new shape: the rest of the pool goes first
+        assert b() is None and a() is not None and fresh is not a()
+    with scratch_pool.ScratchBuffers() as scratch:
+        assert scratch.empty((30,), np.float64) is fresh
+    rnnlab.release_scratch()
+
+
+def test_default_scratch_pool_is_a_quarter_of_memory():
+    code = ("import os, rnnlab._scratch as m; "
+            "print(m.SCRATCH_BYTES, os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'))")
+    env = {k: v for k, v in os.environ.items() if k != "RNNLAB_SCRATCH_BYTES"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    pool, physical = map(int, run.stdout.split())
+    assert pool == physical // 4
+
+
 @pytest.mark.parametrize("value, expected", [
     ("0", "0"), ("2e9", "2000000000"), ("12345", "12345"),
     ("lots", "RNNLAB_SCRATCH_BYTES must be"), ("-5", "RNNLAB_SCRATCH_BYTES must be")])
