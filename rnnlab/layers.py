@@ -609,7 +609,7 @@ class RNN(RecurrentLayer):
         w_hh = p[f"weight_hh{sfx}"]
         g = self._kernels("vanilla").rnn_layer_backward(
             layer_in, p[f"weight_ih{sfx}"], w_hh, w_tr, h0, states, d_out, d_hn, self._act,
-            reverse=bool(direction))
+            reverse=bool(direction), **self._kernel_kwargs(alloc))
         grads[f"weight_ih{sfx}"] = g["weight_ih"]
         grads[f"weight_hh{sfx}"] = g["weight_hh"]
         if self.bias:

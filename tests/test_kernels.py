@@ -199,3 +199,14 @@ def test_chunk_threads_limits_and_restores_the_thread_count():
         with vanilla.chunk_threads(1):
             raise RuntimeError("inside")
     assert numba.get_num_threads() == threads
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1000, 16), (37, 5), (1, 3), (4000, 130)])
+def test_bias_gradient_sums_rows_in_float64_in_row_order(dtype, shape, rng):
+    """The vanilla bias gradient's sum over T*B rows: float64, row by row, the bits of NumPy's
+    ``sum(axis=0, dtype=float64)``, rounded to the dtype once."""
+    a = (rng.standard_normal(shape) * 10.0 ** rng.uniform(-4, 4, shape)).astype(dtype)
+    out = vanilla._sum_rows(a)
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out, a.sum(axis=0, dtype=np.float64).astype(dtype))
