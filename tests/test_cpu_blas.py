@@ -254,7 +254,11 @@ def test_scipys_blas_is_the_fallback_when_numpy_exports_no_gemm():
     # one row left over: one-row tiles (with column edges), or loops past the size rule
     (1, 37, 300), (5, 21, 130), (1, 9, 128), (9, 50, 256), (1, 40, 1100),
     # half-width one-row tiles (64 float32 / 32 float64 columns), alone or after full ones
-    (1, 30, 64), (1, 11, 200), (5, 7, 100), (1, 3, 40)])
+    (1, 30, 64), (1, 11, 200), (5, 7, 100), (1, 3, 40),
+    # narrow products of 1 or 2 vectors (float32 16 / 32 columns, float64 8 / 16; the others'
+    # loops and tiles, 3 vectors too): 8-row, 4-row and one-row tiles as wide as the product
+    (1, 16, 16), (8, 16, 16), (13, 5, 16), (4, 64, 8), (29, 9, 8), (1, 7, 24), (11, 12, 24),
+    (17, 33, 32), (2, 3, 48), (9, 1, 48)])
 def test_step_product_tiles_and_loops_give_the_same_bits(dtype, rows, inner, cols, rng):
     """accumulate_product (register tiles of 8 and 4 rows where the CPU has AVX-512, one-row
     tiles for a row left over, loops for the edges) is bitwise the all-loop version, and both
@@ -274,6 +278,27 @@ def test_step_product_tiles_and_loops_give_the_same_bits(dtype, rows, inner, col
     tol = 1e-5 if dtype == np.float32 else 1e-13
     np.testing.assert_allclose(tiled, ref, rtol=tol, atol=tol * max(1, inner))
     np.testing.assert_array_equal(tiled[0], acc0[0])  # rows outside the block untouched
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("accumulate", [True, False])
+@pytest.mark.parametrize("rows, inner, cols", [(1, 16, 16), (6, 16, 16), (9, 24, 24),
+                                               (3, 20, 48), (4, 16, 64), (2, 5, 7)])
+def test_step_product_is_the_loops_product(dtype, accumulate, rows, inner, cols, rng):
+    """step_product (narrow products straight to their tiles, the others through
+    accumulate_product): the bits of the loops, added to ``out`` or in place of it."""
+    a = rng.standard_normal((rows + 3, inner + 5)).astype(dtype)
+    w = rng.standard_normal((inner + 2, cols)).astype(dtype)
+    out0 = rng.standard_normal((rows + 2, cols)).astype(dtype)
+    out = out0.copy()
+    blas.step_product(out, 1, a, 2, 3, w, 1, inner, rows, accumulate, False, blas.bind_gemm(),
+                      blas.gemm_scratch())
+    loops = out0.copy()
+    if not accumulate:
+        loops[1:1 + rows] = 0
+    blas._loop_product(loops, 1, a, 2, 3, w, 1, inner, rows, 0, cols)
+    np.testing.assert_array_equal(out, loops)
+    np.testing.assert_array_equal(out[[0, -1]], out0[[0, -1]])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -335,6 +360,7 @@ def test_step_product_tiles_follow_numba_target_cpu(tmp_path):
 @pytest.mark.parametrize("rows, inner, cols", [
     (4, 1, 64), (8, 4, 128), (12, 2, 64),  # register tiles: 4 rows, tall (8), both
     (1, 1, 128), (1, 5, 64),  # one-row and half-width tiles
+    (1, 3, 16), (8, 2, 16), (5, 1, 48), (12, 4, 32),  # narrow tiles (1, 2 vectors), loops
     (3, 1, 5), (2, 6, 7)])  # loops (unrolled by four, and the inner steps left over)
 def test_step_product_rounds_each_multiply_add_once_where_fused(dtype, bits, rows, inner, cols):
     """Every multiply-add of the per-step product is fused where the target has FMA (one

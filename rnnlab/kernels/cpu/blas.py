@@ -466,6 +466,19 @@ ROW_VECTORS = 8
 #: least 4 vectors: float32 1 x 256 @ 256 x 64 12-16 -> 25-27, 1 x 64 @ 64 x 64 14-16 -> 25-34.
 ROW_TILE_VECTORS_MAX = 32
 ROW_TILE_BYTES_MAX = 1 << 20
+#: Widest product (vectors of 64 bytes) that runs on the narrow tiles, as wide as the product:
+#: :data:`TALL_ROWS` rows at a time (:data:`TILE_ROWS` at three vectors), then
+#: :data:`TILE_ROWS`, then one (a tanh RNN of H = 16, the LSTM's and GRU's dL/dh<t-1> at
+#: H = 16, the GRU's float32 gates at H = 16), called from step_product with addresses only.
+#: Below four vectors the tiles above do not apply, and the loops store and reload acc every
+#: four multiply-adds; and a call to accumulate_product with its arrays cost more than such a
+#: product. Measured on 2 cores (Intel Xeon, AVX-512), T = 1000, forward recurrence, ns a step,
+#: before -> narrow tiles -> also straight from step_product: tanh float32 (B, H) = (1, 16)
+#: 172 -> 127 -> 41, (8, 16) 401 -> 200 -> 110, float64 (1, 16) 195 -> 83; GRU float32
+#: (1, 16) 139 -> 117 (220 with its three vectors left to the loops). Four vectors (the LSTM's
+#: float32 gates at H = 16) gained nothing measurable, so stay with the tiles above. The narrow
+#: tiles cost 14 s more on a cold cache (65 -> 79 s for three cells, two dtypes, two sizes).
+NARROW_VECTORS_MAX = 3
 
 
 def _target_has(feature):
@@ -608,6 +621,17 @@ _narrow32 = _tile_intrinsic(False, TILE_ROWS, TALL_VECTORS)
 _narrow64 = _tile_intrinsic(True, TILE_ROWS, TALL_VECTORS)
 _pair32 = _tile_intrinsic(False, 1, TALL_VECTORS)
 _pair64 = _tile_intrinsic(True, 1, TALL_VECTORS)
+# the narrow tiles (NARROW_VECTORS_MAX) of one vector and of three (two: the tiles above)
+_col8x32 = _tile_intrinsic(False, TALL_ROWS, 1)
+_col8x64 = _tile_intrinsic(True, TALL_ROWS, 1)
+_col4x32 = _tile_intrinsic(False, TILE_ROWS, 1)
+_col4x64 = _tile_intrinsic(True, TILE_ROWS, 1)
+_col1x32 = _tile_intrinsic(False, 1, 1)
+_col1x64 = _tile_intrinsic(True, 1, 1)
+_tri4x32 = _tile_intrinsic(False, TILE_ROWS, 3)
+_tri4x64 = _tile_intrinsic(True, TILE_ROWS, 3)
+_tri1x32 = _tile_intrinsic(False, 1, 3)
+_tri1x64 = _tile_intrinsic(True, 1, 3)
 
 
 @njit(cache=True, error_model="numpy")
@@ -644,6 +668,89 @@ def _run_tile(n_rows, n_vectors, it, p_acc, ld_acc, p_a, ld_a, p_w, ld_w, n_inne
         _pair64(*args)
     else:
         _pair32(*args)
+
+
+@njit(cache=True, error_model="numpy")
+def _run_narrow_tile(n_rows, n_vectors, it, p_acc, ld_acc, p_a, ld_a, p_w, ld_w, n_inner):
+    # as _run_tile, for the narrow tiles: 1 or 2 vectors of TALL_ROWS, TILE_ROWS or 1 rows, 3
+    # of TILE_ROWS or 1
+    args = (p_acc, ld_acc, p_a, ld_a, p_w, ld_w, n_inner)
+    if n_vectors == 1:
+        if n_rows == TALL_ROWS:
+            if it == 8:
+                _col8x64(*args)
+            else:
+                _col8x32(*args)
+        elif n_rows == TILE_ROWS:
+            if it == 8:
+                _col4x64(*args)
+            else:
+                _col4x32(*args)
+        elif it == 8:
+            _col1x64(*args)
+        else:
+            _col1x32(*args)
+    elif n_vectors == 3:
+        if n_rows == TILE_ROWS:
+            if it == 8:
+                _tri4x64(*args)
+            else:
+                _tri4x32(*args)
+        elif it == 8:
+            _tri1x64(*args)
+        else:
+            _tri1x32(*args)
+    elif n_rows == TALL_ROWS:
+        if it == 8:
+            _tall64(*args)
+        else:
+            _tall32(*args)
+    elif n_rows == TILE_ROWS:
+        if it == 8:
+            _narrow64(*args)
+        else:
+            _narrow32(*args)
+    elif it == 8:
+        _pair64(*args)
+    else:
+        _pair32(*args)
+
+
+@njit(cache=True, error_model="numpy")
+def _narrow_product(vectors, it, p_acc, ld_acc, p_a, ld_a, p_w, ld_w, n_inner, n_rows):
+    # accumulate_product of a product of 1 to NARROW_VECTORS_MAX vectors, all on tiles as wide
+    # as the product: TALL_ROWS rows at a time (TILE_ROWS at 3 vectors: 24 accumulators would
+    # not leave registers for w), then TILE_ROWS, then one; addresses and
+    # strides as for _tile_intrinsic (no arrays: a call with arrays costs more than a whole
+    # product of H = 16)
+    r = 0
+    while r < n_rows:
+        if vectors < 3 and r + TALL_ROWS <= n_rows:
+            rows = TALL_ROWS
+        elif r + TILE_ROWS <= n_rows:
+            rows = TILE_ROWS
+        else:
+            rows = 1
+        _run_narrow_tile(rows, vectors, it, p_acc + r * ld_acc * it, ld_acc, p_a + r * ld_a * it,
+                         ld_a, p_w, ld_w, n_inner)
+        r += rows
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _narrow_step(acc, acc_row0, a, a_row0, a_col0, w, w_row0, n_inner, n_rows):
+    # the product of accumulate_product on the narrow tiles, if it is narrow (1 to
+    # NARROW_VECTORS_MAX whole vectors) and the tiles apply; False if not. Inlined into its
+    # callers (step_product too): below, addresses only
+    n = acc.shape[1]
+    it = acc.itemsize
+    if not (TILES and n_inner > 0 and n * it % 64 == 0 and 0 < n * it <= NARROW_VECTORS_MAX * 64
+            and acc.strides[1] == it and a.strides[1] == it and w.strides[1] == it):
+        return False
+    ld_acc, ld_a, ld_w = acc.strides[0] // it, a.strides[0] // it, w.strides[0] // it
+    _narrow_product(n * it // 64, it, acc.ctypes.data + acc_row0 * ld_acc * it, ld_acc,
+                    a.ctypes.data + (a_row0 * ld_a + a_col0) * it, ld_a,
+                    w.ctypes.data + w_row0 * ld_w * it, ld_w, n_inner, n_rows)
+    return True
 
 
 @njit(cache=True, error_model="numpy")
@@ -888,7 +995,7 @@ def accumulate_panels(acc, acc_row0, a, a_row0, a_col0, panels, w_row0, n_inner,
             r += rows
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def step_product(out, out_row0, a, a_row0, a_col0, w, w_row0, n_inner, n_rows, accumulate, blas,
                  ilp64, scratch):
     """The per-step product of a batch-chunked recurrence: ``out[out_row0 + r] (+)=
@@ -915,4 +1022,7 @@ def step_product(out, out_row0, a, a_row0, a_col0, w, w_row0, n_inner, n_rows, a
         return
     if not accumulate:
         out[out_row0:out_row0 + n_rows, :] = 0
-    accumulate_product(out, out_row0, a, a_row0, a_col0, w, w_row0, n_inner, n_rows)
+    # a narrow product (H = 16) takes less time than a call to accumulate_product with its
+    # arrays: straight to its tiles
+    if not _narrow_step(out, out_row0, a, a_row0, a_col0, w, w_row0, n_inner, n_rows):
+        accumulate_product(out, out_row0, a, a_row0, a_col0, w, w_row0, n_inner, n_rows)
