@@ -31,10 +31,11 @@ from .vanilla import n_chunks, recurrence_threads
 #: Gate blocks stacked in the weights: r, z, n.
 GATES = 3
 
-# error_model="numpy" lets the gate loops vectorise (see rnnlab.kernels.cpu.lstm).
+# error_model="numpy" lets the gate loops vectorise, and the gate helpers are inlined into the
+# time loops (see rnnlab.kernels.cpu.lstm).
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def _gru_gate_rows(g, acc, b_ih, h_prev, hn_out, h_out, b0, b1):
     """Rows ``b0:b1`` of one step: ``g`` (B, 3H) holds ``W_ih x<t>`` on entry and the gate
     activations on exit; ``acc`` holds the chunk's rows (row ``b`` at ``b - b0``) of
@@ -58,7 +59,7 @@ def _gru_gate_rows(g, acc, b_ih, h_prev, hn_out, h_out, b0, b1):
             h_b[i] = ng + zg * (hp[i] - ng)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def _gru_gate_grad_rows(g, hn, h_prev, d_out, dh, dz, db_rows, d_hidden, store, b0, b1):
     """Rows ``b0:b1`` of one backward step: ``dh`` holds the chunk's rows (row ``b`` at
     ``b - b0``), on entry the gradient through the step after t, on exit ``dL/dh<t> * z<t>``
