@@ -60,6 +60,10 @@ KEY = ["cell", "dtype", "op", "T", "B", "H"]
 PEAK_ELEMENT_BYTES = {"rnn": 20, "lstm": 32, "gru": 34}
 #: Interpreter, Numba, PyTorch and XLA themselves (measured about 0.8 GB).
 PEAK_BASE_BYTES = 1 << 30
+#: rnnlab's scratch pool (:mod:`rnnlab._scratch`), kept between its calls while the peers run,
+#: per T*B*H element and byte of the dtype: the LSTM's gates, cell states and dz (4 + 1 + 4),
+#: the GRU's gates, hn and dz (3 + 1 + 4), the tanh RNN's dz; at most ``SCRATCH_BYTES``.
+PEAK_SCRATCH_ELEMENT_BYTES = {"rnn": 1, "lstm": 9, "gru": 8}
 
 
 def parse_args(argv=None):
@@ -108,8 +112,12 @@ def peak_bytes(cell, dtype, size):
     size : tuple of int
         ``(T, B, H)``, input size ``I = H``.
     """
+    from rnnlab import _scratch
+
     T, B, H = size
-    return PEAK_BASE_BYTES + PEAK_ELEMENT_BYTES[cell] * T * B * H * np.dtype(dtype).itemsize
+    elements = T * B * H * np.dtype(dtype).itemsize
+    kept = min(_scratch.SCRATCH_BYTES, PEAK_SCRATCH_ELEMENT_BYTES[cell] * elements)
+    return PEAK_BASE_BYTES + PEAK_ELEMENT_BYTES[cell] * elements + kept
 
 
 def available_bytes():

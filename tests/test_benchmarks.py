@@ -72,7 +72,10 @@ def test_bench_cpu_skips_configurations_over_the_memory_limit(tmp_path, capsys, 
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_peak_estimate_grows_with_the_data(cell):
+def test_peak_estimate_grows_with_the_data(cell, monkeypatch):
+    from rnnlab import _scratch
+
+    monkeypatch.setattr(_scratch, "SCRATCH_BYTES", 1 << 40)  # the pool kept whole
     small = bench_cpu.peak_bytes(cell, "float32", (1000, 32, 256))
     assert bench_cpu.peak_bytes(cell, "float64", (1000, 32, 256)) - bench_cpu.PEAK_BASE_BYTES \
         == 2 * (small - bench_cpu.PEAK_BASE_BYTES)
@@ -81,6 +84,10 @@ def test_peak_estimate_grows_with_the_data(cell):
     # rnnlab's own arrays alone (input, upstream gradient, states, input gradient) fit under it
     gates = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
     assert small - bench_cpu.PEAK_BASE_BYTES > 4 * 1000 * 32 * 256 * (3 + gates + 2)
+    # the pool rnnlab keeps while the peers run counts up to its cap
+    monkeypatch.setattr(_scratch, "SCRATCH_BYTES", 1000)
+    assert small - bench_cpu.peak_bytes(cell, "float32", (1000, 32, 256)) == (
+        4 * 1000 * 32 * 256 * bench_cpu.PEAK_SCRATCH_ELEMENT_BYTES[cell] - 1000)
 
 
 def test_bench_cpu_rejects_a_negative_memory_limit():
