@@ -672,8 +672,8 @@ def _run_tile(n_rows, n_vectors, it, p_acc, ld_acc, p_a, ld_a, p_w, ld_w, n_inne
 
 @njit(cache=True, error_model="numpy")
 def _run_narrow_tile(n_rows, n_vectors, it, p_acc, ld_acc, p_a, ld_a, p_w, ld_w, n_inner):
-    # as _run_tile, for the narrow tiles: 1 or 2 vectors of TALL_ROWS, TILE_ROWS or 1 rows, 3
-    # of TILE_ROWS or 1
+    # as _run_tile, for the narrow tiles: 1 vector of TALL_ROWS, TILE_ROWS or 1 rows, 3 of
+    # TILE_ROWS or 1; 2 vectors go to _run_tile
     args = (p_acc, ld_acc, p_a, ld_a, p_w, ld_w, n_inner)
     if n_vectors == 1:
         if n_rows == TALL_ROWS:
@@ -700,20 +700,8 @@ def _run_narrow_tile(n_rows, n_vectors, it, p_acc, ld_acc, p_a, ld_a, p_w, ld_w,
             _tri1x64(*args)
         else:
             _tri1x32(*args)
-    elif n_rows == TALL_ROWS:
-        if it == 8:
-            _tall64(*args)
-        else:
-            _tall32(*args)
-    elif n_rows == TILE_ROWS:
-        if it == 8:
-            _narrow64(*args)
-        else:
-            _narrow32(*args)
-    elif it == 8:
-        _pair64(*args)
     else:
-        _pair32(*args)
+        _run_tile(n_rows, n_vectors, it, *args)  # two vectors: the tall, narrow and pair tiles
 
 
 @njit(cache=True, error_model="numpy")
