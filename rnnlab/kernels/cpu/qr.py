@@ -141,6 +141,18 @@ def _limits_ol(a):
     return impl
 
 
+def _u(i):
+    """``i`` as an unsigned index (no wrap-around of negative indices)."""
+
+
+@overload(_u)
+def _u_ol(i):
+    def impl(i):
+        return np.uint64(i)
+
+    return impl
+
+
 def _cast(a, v):
     """``v`` converted to the dtype of array ``a``."""
 
@@ -160,21 +172,28 @@ def _cast_ol(a, v):
 # ---------------------------------------------------------------------------------------------
 
 
+# The helpers below index ``at`` in place rather than take row slices (every slice costs a
+# reference-count increment and decrement, out of line: at k = 8 a fifth of the time), and their
+# vector loops count with unsigned integers (``_u``): Numba wraps negative indices, and a signed
+# loop index that does not start at 0 keeps LLVM from vectorising the loop.
+
+
 @njit(cache=True, fastmath=_FM)
-def _safe_norm(x):
-    """2-norm of ``x`` without overflow or underflow (scaled by the largest magnitude)."""
-    zero = _cast(x, 0.0)
+def _safe_norm(a, r, c0):
+    """2-norm of ``a[r, c0:]`` without overflow or underflow (scaled by the largest
+    magnitude)."""
+    zero = _cast(a, 0.0)
     amax = zero
-    for ll in range(x.shape[0]):
-        a = abs(x[ll])
-        if a > amax or a != a:
-            amax = a
+    for ll in range(_u(c0), _u(a.shape[1])):
+        v = abs(a[r, ll])
+        if v > amax or v != v:
+            amax = v
     if amax == 0.0 or not (amax < math.inf):
         return amax
-    inv = _cast(x, 1.0 / amax)
+    inv = _cast(a, 1.0 / amax)
     ssq = zero
-    for ll in range(x.shape[0]):
-        t = x[ll] * inv
+    for ll in range(_u(c0), _u(a.shape[1])):
+        t = a[r, ll] * inv
         ssq += t * t
     return amax * math.sqrt(ssq)
 
@@ -189,13 +208,13 @@ def _house(at, r, c, ssq, rdiag, taus, scs):
     ``scs[r] = 1``, when that factor is far from 1) and ``at[r, c] = 1``.
     """
     lo, hi, safmin = _limits(at)
-    x = at[r, c + 1:]
+    n = at.shape[1]
     alpha = at[r, c]
     fast = ssq > lo and ssq < hi
     if fast:
         xnorm = math.sqrt(ssq)
     else:
-        xnorm = _safe_norm(x)
+        xnorm = _safe_norm(at, r, c + 1)
     if xnorm == 0.0:
         tau = 0.0
         beta = alpha
@@ -212,13 +231,13 @@ def _house(at, r, c, ssq, rdiag, taus, scs):
             rsafmn = _cast(at, 1.0 / safmin)
             while True:
                 knt += 1
-                for ll in range(x.shape[0]):
-                    x[ll] *= rsafmn
+                for ll in range(_u(c + 1), _u(n)):
+                    at[r, ll] *= rsafmn
                 beta *= rsafmn
                 alpha *= rsafmn
                 if abs(beta) >= safmin or knt >= 20:
                     break
-            xnorm = _safe_norm(x)
+            xnorm = _safe_norm(at, r, c + 1)
             beta = -math.copysign(math.hypot(alpha, xnorm), alpha)
         tau = (beta - alpha) / beta
         sc = 1.0 / (alpha - beta)
@@ -226,8 +245,8 @@ def _house(at, r, c, ssq, rdiag, taus, scs):
             # The unscaled tail is far from unit size: products of two tails could overflow or
             # underflow, so scale now, as dlarfg does.
             scx = _cast(at, sc)
-            for ll in range(x.shape[0]):
-                x[ll] *= scx
+            for ll in range(_u(c + 1), _u(n)):
+                at[r, ll] *= scx
             sc = 1.0
         for _ in range(knt):
             beta *= safmin
@@ -238,38 +257,32 @@ def _house(at, r, c, ssq, rdiag, taus, scs):
 
 
 @njit(cache=True, fastmath=_FM)
-def _dots(at, r0, cnt, r, c, out):
-    """``out[q] = at[r0 + q, c:] . at[r, c:]`` for ``q < cnt`` (four rows per pass)."""
-    x = at[r, c:]
-    m = x.shape[0]
+def _dots(at, r0, cnt, r, c, out, o):
+    """``out[o + q] = at[r0 + q, c:] . at[r, c:]`` for ``q < cnt`` (four rows per pass)."""
+    n = at.shape[1]
     zero = _cast(at, 0.0)
     q = 0
     while q + 4 <= cnt:
-        y0 = at[r0 + q, c:]
-        y1 = at[r0 + q + 1, c:]
-        y2 = at[r0 + q + 2, c:]
-        y3 = at[r0 + q + 3, c:]
         s0 = zero
         s1 = zero
         s2 = zero
         s3 = zero
-        for ll in range(m):
-            xv = x[ll]
-            s0 += y0[ll] * xv
-            s1 += y1[ll] * xv
-            s2 += y2[ll] * xv
-            s3 += y3[ll] * xv
-        out[q] = s0
-        out[q + 1] = s1
-        out[q + 2] = s2
-        out[q + 3] = s3
+        for ll in range(_u(c), _u(n)):
+            xv = at[r, ll]
+            s0 += at[r0 + q, ll] * xv
+            s1 += at[r0 + q + 1, ll] * xv
+            s2 += at[r0 + q + 2, ll] * xv
+            s3 += at[r0 + q + 3, ll] * xv
+        out[o + q] = s0
+        out[o + q + 1] = s1
+        out[o + q + 2] = s2
+        out[o + q + 3] = s3
         q += 4
     while q < cnt:
-        y0 = at[r0 + q, c:]
         s0 = zero
-        for ll in range(m):
-            s0 += y0[ll] * x[ll]
-        out[q] = s0
+        for ll in range(_u(c), _u(n)):
+            s0 += at[r0 + q, ll] * at[r, ll]
+        out[o + q] = s0
         q += 1
 
 
@@ -281,51 +294,49 @@ def _panel(at, j0, nbb, rdiag, taus, scs, g, s):
     before ``j0 + p``, 1 there, the scaled tail after), ``rdiag``/``taus`` hold ``beta``/``tau``
     and ``g[q + p*nbb] = v_q . v_p`` for ``q < p`` (column-major Gram matrix, upper part).
 
-    Tails are kept unscaled (``v_p = [1, scs[p] * tail]``) until the end of the panel. ``s[i]``
-    carries the dot product of row ``i`` with the next reflector between iterations.
+    Tails are kept unscaled (``v_p = [1, scs[p] * tail]``) until the end of the panel.
+    ``s[j0 + i]`` carries the dot product of row ``j0 + i`` with the next reflector between
+    iterations.
     """
     zero = _cast(at, 0.0)
+    n = at.shape[1]
     # first reflector
-    x = at[j0, j0 + 1:]
     ssq = zero
-    for ll in range(x.shape[0]):
-        ssq += x[ll] * x[ll]
+    for ll in range(_u(j0 + 1), _u(n)):
+        ssq += at[j0, ll] * at[j0, ll]
     _house(at, j0, j0, ssq, rdiag, taus, scs)
     if nbb > 1:
         # s[i] = v_0 . row i = row_i[j0] + sc_0 * (tail_0 . row_i[j0+1:])
-        _dots(at, j0 + 1, nbb - 1, j0, j0 + 1, s[1:])
+        _dots(at, j0 + 1, nbb - 1, j0, j0 + 1, s, j0 + 1)
         sc0 = scs[j0]
-        for i in range(1, nbb):
-            s[i] = at[j0 + i, j0] + sc0 * s[i]
+        for i in range(j0 + 1, j0 + nbb):
+            s[i] = at[i, j0] + sc0 * s[i]
     for p in range(nbb - 1):
         j = j0 + p
         r = j + 1
         tau = taus[j]
         scp = scs[j]
-        up = at[j, j + 2:]  # unscaled tail of v_p beyond position j + 1
+        # at[j, j + 2:] is the unscaled tail of v_p beyond position j + 1
         vp1 = scp * at[j, j + 1]  # v_p at position j + 1
         # row p+1: apply reflector p; sum the squares of its new tail on the way
-        c = tau * s[p + 1]
+        c = tau * s[r]
         cs = _cast(at, c * scp)
         at[r, j] -= c
         at[r, j + 1] -= c * vp1
-        y = at[r, j + 2:]
-        m2 = y.shape[0]
         ssq = zero
-        for ll in range(m2):
-            t = y[ll] - cs * up[ll]
-            y[ll] = t
+        for ll in range(_u(j + 2), _u(n)):
+            t = at[r, ll] - cs * at[j, ll]
+            at[r, ll] = t
             ssq += t * t
         _house(at, r, j + 1, ssq, rdiag, taus, scs)
-        uq = at[r, j + 2:]  # unscaled tail of v_{p+1}
+        # at[r, j + 2:] is now the unscaled tail of v_{p+1}
         scq = scs[r]
         # rows p+2.. : apply reflector p and take the dot product with reflector p+1
-        i = p + 2
-        while i + 2 <= nbb:
-            ra = j0 + i
+        ra = j0 + p + 2
+        while ra + 2 <= j0 + nbb:
             rb = ra + 1
-            ca = tau * s[i]
-            cb = tau * s[i + 1]
+            ca = tau * s[ra]
+            cb = tau * s[rb]
             at[ra, j] -= ca
             at[rb, j] -= cb
             ha = at[ra, j + 1] - ca * vp1
@@ -334,84 +345,75 @@ def _panel(at, j0, nbb, rdiag, taus, scs, g, s):
             at[rb, j + 1] = hb
             csa = _cast(at, ca * scp)
             csb = _cast(at, cb * scp)
-            ya = at[ra, j + 2:]
-            yb = at[rb, j + 2:]
             da = zero
             db = zero
-            for ll in range(m2):
-                u = up[ll]
-                w = uq[ll]
-                t0 = ya[ll] - csa * u
-                t1 = yb[ll] - csb * u
-                ya[ll] = t0
-                yb[ll] = t1
+            for ll in range(_u(j + 2), _u(n)):
+                u = at[j, ll]
+                w = at[r, ll]
+                t0 = at[ra, ll] - csa * u
+                t1 = at[rb, ll] - csb * u
+                at[ra, ll] = t0
+                at[rb, ll] = t1
                 da += t0 * w
                 db += t1 * w
-            s[i] = ha + scq * da
-            s[i + 1] = hb + scq * db
-            i += 2
-        if i < nbb:
-            ra = j0 + i
-            ca = tau * s[i]
+            s[ra] = ha + scq * da
+            s[rb] = hb + scq * db
+            ra += 2
+        if ra < j0 + nbb:
+            ca = tau * s[ra]
             at[ra, j] -= ca
             ha = at[ra, j + 1] - ca * vp1
             at[ra, j + 1] = ha
             csa = _cast(at, ca * scp)
-            ya = at[ra, j + 2:]
             da = zero
-            for ll in range(m2):
-                t0 = ya[ll] - csa * up[ll]
-                ya[ll] = t0
-                da += t0 * uq[ll]
-            s[i] = ha + scq * da
+            for ll in range(_u(j + 2), _u(n)):
+                t0 = at[ra, ll] - csa * at[j, ll]
+                at[ra, ll] = t0
+                da += t0 * at[r, ll]
+            s[ra] = ha + scq * da
         # Gram column p+1: v_q . v_{p+1} = sc_q (row_q[j+1] + sc_{p+1} (tail_q . tail_{p+1}))
-        gcol = g[(p + 1) * nbb:(p + 2) * nbb]
-        _dots(at, j0, p + 1, r, j + 2, gcol)
+        go = (p + 1) * nbb
+        _dots(at, j0, p + 1, r, j + 2, g, go)
         for q in range(p + 1):
-            gcol[q] = scs[j0 + q] * (at[j0 + q, j + 1] + scq * gcol[q])
+            g[go + q] = scs[j0 + q] * (at[j0 + q, j + 1] + scq * g[go + q])
     # scale the tails, clear the R part above each diagonal
     for p in range(nbb):
         j = j0 + p
-        row = at[j, j0:j]
-        for q in range(p):
-            row[q] = 0.0
+        for q in range(j0, j):
+            at[j, q] = 0.0
         sc = _cast(at, scs[j])
-        tail = at[j, j + 1:]
-        for ll in range(tail.shape[0]):
-            tail[ll] *= sc
+        for ll in range(_u(j + 1), _u(n)):
+            at[j, ll] *= sc
 
 
 @njit(cache=True, fastmath=_FM)
-def _vt_copy(at, j0, nbb, vt):
-    """``vt[l*nbb + p] = at[j0 + p, j0 + l]``: ``V^T`` column-major (``nbb x m``, ld ``nbb``)."""
-    m = at.shape[1] - j0
+def _vt_copy(at, j0, nbb, vt, o):
+    """``vt[o + l*nbb + p] = at[j0 + p, j0 + l]``: ``V^T`` column-major (``nbb x m``, ld
+    ``nbb``)."""
+    n = at.shape[1]
     for p in range(nbb):
-        row = at[j0 + p, j0:]
-        for ll in range(m):
-            vt[ll * nbb + p] = row[ll]
+        for ll in range(n - j0):
+            vt[o + ll * nbb + p] = at[j0 + p, j0 + ll]
 
 
 @njit(cache=True, fastmath=_FM)
-def _larft(taus, g, tc, ttc, nbb):
+def _larft(taus, to, g, tc, ttc, o, nbb):
     """Triangular factor ``T`` of ``H_0 ... H_{nbb-1} = I - V T V^T`` (``dlarft``, forward,
-    columnwise) from the Gram matrix ``g``. Writes ``T`` (``tc``) and ``T^T`` (``ttc``), both
-    column-major ``nbb x nbb``."""
+    columnwise) from the Gram matrix ``g`` and ``taus[to:to + nbb]``. Writes ``T``
+    (``tc[o:]``) and ``T^T`` (``ttc[o:]``), both column-major ``nbb x nbb``."""
     for p in range(nbb):
-        tau = taus[p]
-        col = tc[p * nbb:(p + 1) * nbb]
+        tau = taus[to + p]
+        col = o + p * nbb
         for i in range(nbb):
-            col[i] = 0.0
-        gp = g[p * nbb:p * nbb + p]
+            tc[col + i] = 0.0
         for q in range(p):
-            w = -tau * gp[q]
-            tq = tc[q * nbb:q * nbb + q + 1]
+            w = -tau * g[p * nbb + q]
             for i in range(q + 1):
-                col[i] += tq[i] * w
-        col[p] = tau
+                tc[col + i] += tc[o + q * nbb + i] * w
+        tc[col + p] = tau
     for p in range(nbb):
-        row = ttc[p * nbb:(p + 1) * nbb]
         for i in range(nbb):
-            row[i] = tc[i * nbb + p]
+            ttc[o + p * nbb + i] = tc[o + i * nbb + p]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -570,14 +572,14 @@ def _qr_core(at, qt, rdiag, work, nb):
         nbb = min(nb, k - j0)
         j1 = j0 + nbb
         m = n - j0
-        _panel(at, j0, nbb, rdiag, taus, scs, g, s[j0:])
-        tc = tcs[b * nb * nb:]
-        ttc = ttcs[b * nb * nb:]
-        _larft(taus[j0:j1], g, tc, ttc, nbb)
-        vt = vts[j0 * n:]
-        _vt_copy(at, j0, nbb, vt)
+        _panel(at, j0, nbb, rdiag, taus, scs, g, s)
+        _larft(taus, j0, g, tcs, ttcs, b * nb * nb, nbb)
+        if nblk > 1:  # V^T serves the trailing update and the blocked Q phase only
+            _vt_copy(at, j0, nbb, vts, j0 * n)
         nt = k - j1
         if nt > 0:
+            vt = vts[j0 * n:]
+            ttc = ttcs[b * nb * nb:]
             vo = j0 * n + j0  # V: m x nbb, ld n
             co = j1 * n + j0  # C = A[j0:, j1:]: m x nt, ld n
             _gemm(_N, _N, nbb, nt, m, one, vt, nbb, fa[co:], n, zero, y1, nbb)
