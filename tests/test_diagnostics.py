@@ -214,9 +214,10 @@ def test_partial_spectrum_equals_the_leading_exponents():
 
 
 def test_matrix_free_frame_in_parallel_blocks_equals_one_block(monkeypatch):
-    """A frame of at least PARALLEL_ROWS rows runs in row blocks on parallel threads once m
-    steps reach SERIAL_WORK (rows evolve independently between QRs): the same exponents as
-    one block on one thread, and the rule picks each by size."""
+    """Once a parallel region's m steps (k n^2 m multiply-adds) pass PARALLEL_WORK
+    (PARALLEL_WORK_M1 at m = 1), the frame runs in row blocks on parallel threads (rows evolve
+    independently between QRs): the same exponents as one block on one thread, and the rule
+    picks each by size."""
     import numba
     from rnnlab.diagnostics import lyapunov as lyap_module
     if numba.get_num_threads() < 2:
@@ -225,16 +226,29 @@ def test_matrix_free_frame_in_parallel_blocks_equals_one_block(monkeypatch):
     tr = _one(trajectories(net, np.random.default_rng(2).standard_normal((400, 1, 1))))
     w, deriv = tr.diagonal_form()
     q = np.linalg.qr(np.random.default_rng(0).standard_normal((16, 16)))[0]
-    monkeypatch.setattr(lyap_module, "PARALLEL_ROWS", 16)
-    monkeypatch.setattr(lyap_module, "SERIAL_WORK", 16 * 16 * 16 * 4)  # k n^2 m at m = 4
+    monkeypatch.setattr(lyap_module, "PARALLEL_WORK", 16 * 16 * 16 * 4)  # k n^2 m at m = 4
+    monkeypatch.setattr(lyap_module, "PARALLEL_WORK_M1", 16 * 16 * 16)
     assert lyap_module._DiagonalRunner(w, deriv, q, 10).serial is False
-    assert lyap_module._DiagonalRunner(w, deriv, q, 2).serial is True
-    assert lyap_module._DiagonalRunner(w, deriv, q[:, :8], 10).serial is True  # 8 rows
-    blocks = lyapunov_spectrum(tr, m=10, warmup=50)
-    monkeypatch.setattr(lyap_module, "SERIAL_WORK", 1 << 62)
-    assert lyap_module._DiagonalRunner(w, deriv, q, 10).serial is True
-    one = lyapunov_spectrum(tr, m=10, warmup=50)
-    np.testing.assert_allclose(blocks.exponents, one.exponents, rtol=1e-12, atol=1e-14)
+    assert lyap_module._DiagonalRunner(w, deriv, q, 4).serial is True
+    assert lyap_module._DiagonalRunner(w, deriv, q[:, :8], 10).serial is False  # 8 rows
+    assert lyap_module._DiagonalRunner(w, deriv, q[:, :8], 4).serial is True
+    assert lyap_module._DiagonalRunner(w, deriv, q, 1).serial is True  # k n^2 at m = 1
+    monkeypatch.setattr(lyap_module, "PARALLEL_WORK_M1", 16 * 16 * 16 - 1)
+    assert lyap_module._DiagonalRunner(w, deriv, q, 1).serial is False
+    assert lyap_module._DiagonalRunner(w, deriv, q, 1).blocks.shape[0] == 2
+    # warmup = 53: both the warm-up and the measured part end between two QRs (an odd number
+    # of steps after the last one leaves the frame in the spare blocks)
+    for m in (10, 1):
+        blocks = lyapunov_spectrum(tr, m=m, warmup=53)
+        blocks8 = lyapunov_spectrum(tr, k=8, m=m, warmup=53)
+        with monkeypatch.context() as mp:
+            mp.setattr(lyap_module, "PARALLEL_WORK", 1 << 62)
+            mp.setattr(lyap_module, "PARALLEL_WORK_M1", 1 << 62)
+            assert lyap_module._DiagonalRunner(w, deriv, q, m).serial is True
+            one = lyapunov_spectrum(tr, m=m, warmup=53)
+            one8 = lyapunov_spectrum(tr, k=8, m=m, warmup=53)
+        np.testing.assert_allclose(blocks.exponents, one.exponents, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(blocks8.exponents, one8.exponents, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("m", [1, 5, 10])

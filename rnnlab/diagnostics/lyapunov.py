@@ -166,14 +166,16 @@ class _DenseRunner:
         qr_finish(self.qt, self.work, self.rdiag, incs, count, self.qr_work)
 
 
-#: Multiply-adds per step (k n^2) below which the matrix-free frame runs on one thread.
-SERIAL_WORK = 1 << 20
-#: Rows of the frame from which it runs in parallel anyway when a parallel region's m steps
-#: (k n^2 m multiply-adds) reach SERIAL_WORK: each thread's block keeps 32 rows or more.
-#: Measured on 2 cores (Intel Xeon; T = 10,000, full spectrum, one thread -> two): N = 64,
-#: m = 10 106-115 -> 87-90 ms; but N = 64, m = 1 421 -> 454, and k = 8 loses with m = 10
-#: (N = 128 42 -> 80 ms, N = 256 138 -> 175).
-PARALLEL_ROWS = 64
+#: Multiply-adds of one parallel region (k n^2 m: m steps of the frame between two QRs) above
+#: which the matrix-free frame's rows run in blocks on parallel threads, when m >= 2.
+PARALLEL_WORK = 1 << 18
+#: The same when a QR follows every step (m = 1). The serial QR between two regions outlasts the
+#: workers' spin, so every region pays to wake them. Measured on 2 cores (Intel Xeon, float64,
+#: T = 10,000, serial -> parallel, ms): m = 1: N = 64, k = 64 324 -> 467; N = 128, k = 128
+#: 1873 -> 2436; N = 256, k = 8 219 -> 230; N = 256, k = 256 13147 -> 11806. m >= 2:
+#: N = 64, k = 8, m = 10 14.5 -> 13.3; N = 128, k = 8, m = 2 66.4 -> 69.3, m = 4
+#: 56.1 -> 47.1; N = 128, k = 128, m = 2 1384 -> 1351; N = 256, k = 8, m = 10 190 -> 116.
+PARALLEL_WORK_M1 = 1 << 23
 
 
 class _DiagonalRunner:
@@ -182,10 +184,10 @@ class _DiagonalRunner:
     def __init__(self, w_hh, deriv, q, m):
         n, k = q.shape
         self.w_hh_t, self.deriv, self.m = np.ascontiguousarray(w_hh.T), deriv, m
-        # a parallel region per step costs more than a small frame's step (and stalls when
-        # the other cores are busy): small frames run on one thread
-        self.serial = k * n * n < SERIAL_WORK and (k < PARALLEL_ROWS or
-                                                   k * n * n * m < SERIAL_WORK)
+        # a parallel region costs more than a small frame's steps (and stalls when the other
+        # cores are busy): small frames run on one thread
+        region_work = k * n * n * m
+        self.serial = region_work <= (PARALLEL_WORK if m >= 2 else PARALLEL_WORK_M1)
         n_blocks = 1 if self.serial else n_chunks(k)
         rows = -(-k // n_blocks)
         self.blocks = np.zeros((n_blocks, rows, n))

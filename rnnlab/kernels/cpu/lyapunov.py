@@ -154,6 +154,22 @@ def gradient_log_norms_diag(w_hh, deriv, local, u, log_scale, out):
     out[0] = log_scale[0]
 
 
+@njit(cache=True)
+def _advance_block(w_hh_t, deriv, s, steps, block, spare):
+    """``steps`` steps of one row block from step ``s``: ``B <- (B W^T) diag(g'_t)``,
+    alternating between ``block`` and ``spare``: the result is in ``spare`` when ``steps`` is
+    odd, in ``block`` when it is even."""
+    rows, n = block.shape
+    for q in range(steps):
+        src = block if q % 2 == 0 else spare
+        dst = spare if q % 2 == 0 else block
+        np.dot(src, w_hh_t, dst)
+        d = deriv[s + q]
+        for r in range(rows):
+            for j in range(n):
+                dst[r, j] *= d[j]
+
+
 @njit(cache=True, parallel=True)
 def qr_lyapunov_diag(w_hh_t, deriv, t0, t1, blocks, spare, gathered, qt, rdiag, m, phase,
                      incs, n_incs, qr_work):
@@ -180,35 +196,52 @@ def qr_lyapunov_diag(w_hh_t, deriv, t0, t1, blocks, spare, gathered, qt, rdiag, 
     rdiag, m, phase, incs, n_incs, qr_work
         As :func:`qr_lyapunov_chunk`.
     """
-    n_blocks, rows, n = blocks.shape
-    k = qt.shape[0]
+    n_blocks = blocks.shape[0]
     s = t0
     while s < t1:
         steps = min(m - phase[0], t1 - s)
-        for p in prange(n_blocks):
-            for q in range(steps):
-                src = blocks[p] if q % 2 == 0 else spare[p]
-                dst = spare[p] if q % 2 == 0 else blocks[p]
-                np.dot(src, w_hh_t, dst)
-                d = deriv[s + q]
-                for r in range(rows):
-                    for j in range(n):
-                        dst[r, j] *= d[j]
-            if steps % 2 == 1:
-                blocks[p][:, :] = spare[p]
+        if n_blocks == 1:
+            # one block: no parallel region (even on one thread, entering one costs about as
+            # much as a small frame's step)
+            _advance_block(w_hh_t, deriv, s, steps, blocks[0], spare[0])
+        else:
+            for p in prange(n_blocks):
+                _advance_block(w_hh_t, deriv, s, steps, blocks[p], spare[p])
         s += steps
         phase[0] += steps
+        # odd step counts leave the frame in ``spare``
+        _settle_blocks(blocks, spare, steps % 2 == 1, phase[0] == m, gathered, qt, rdiag, incs,
+                       n_incs, qr_work)
         if phase[0] == m:
-            for i in range(k):
-                gathered[i] = blocks[i // rows, i % rows]
-            householder_qr_rows_ws(gathered, qt, rdiag, qr_work)
-            for i in range(k):
-                blocks[i // rows, i % rows] = qt[i]
-            row = n_incs[0]
-            for i in range(k):
-                incs[row, i] = math.log(abs(rdiag[i]))
-            n_incs[0] = row + 1
             phase[0] = 0
+
+
+@njit(cache=True)
+def _settle_blocks(blocks, spare, in_spare, factor, gathered, qt, rdiag, incs, n_incs, qr_work):
+    """Leave the frame of :func:`qr_lyapunov_diag` in ``blocks``, re-orthonormalised when
+    ``factor``: gather it (from ``spare`` when ``in_spare``), factor it, scatter ``Q`` back and
+    append ``log|R_ii|`` to ``incs``. Compiled apart from the parallel driver: there, every
+    array assignment would become a parallel region of its own."""
+    rows = blocks.shape[1]
+    k = qt.shape[0]
+    src = spare if in_spare else blocks
+    if not factor:
+        if in_spare:
+            blocks[:, :, :] = spare
+        return
+    if blocks.shape[0] == 1 and rows == k and in_spare:
+        # a single block: factor straight from the product into the frame
+        householder_qr_rows_ws(spare[0], blocks[0], rdiag, qr_work)
+    else:
+        for i in range(k):
+            gathered[i] = src[i // rows, i % rows]
+        householder_qr_rows_ws(gathered, qt, rdiag, qr_work)
+        for i in range(k):
+            blocks[i // rows, i % rows] = qt[i]
+    row = n_incs[0]
+    for i in range(k):
+        incs[row, i] = math.log(abs(rdiag[i]))
+    n_incs[0] = row + 1
 
 
 # ----------------------------------------------------------------------------- ensembles
