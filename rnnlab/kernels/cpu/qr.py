@@ -56,7 +56,7 @@ import math
 
 import numpy as np
 from numba import njit, types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 from numba.np.linalg import ensure_blas
 from numba.np.numpy_support import as_dtype
 
@@ -106,8 +106,8 @@ _N = ord("N")
 def _gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     """``c = alpha op(a) op(b) + beta c`` (column-major BLAS ``?gemm``).
 
-    ``a``, ``b``, ``c`` are 1D arrays whose first element is the first element of the operand
-    (pass a slice ``buf[offset:]``); ``alpha`` and ``beta`` are 1-element arrays.
+    ``alpha``, ``a``, ``b``, ``beta`` and ``c`` are pointers to the scalars and to the first
+    element of each operand (:func:`_at`).
     """
 
 
@@ -116,10 +116,24 @@ def _gemm_ol(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     fn, kind = _xgemm[a.dtype]
 
     def impl(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-        fn(kind, ta, tb, m, n, k, alpha.ctypes, a.ctypes, lda, b.ctypes, ldb, beta.ctypes,
-           c.ctypes, ldc)
+        fn(kind, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 
     return impl
+
+
+@intrinsic
+def _at(typingctx, a, i):
+    """Pointer to element ``i`` (flat) of the C-contiguous array ``a``. Unlike a slice, it
+    touches no reference count (the caller keeps ``a`` alive)."""
+    if not isinstance(a, types.Array) or a.layout != "C" or not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        idx = context.cast(builder, args[1], signature.args[1], types.intp)
+        return builder.gep(ary.data, [idx])
+
+    return types.CPointer(a.dtype)(a, i), codegen
 
 
 def _limits(a):
@@ -199,13 +213,14 @@ def _safe_norm(a, r, c0):
 
 
 @njit(cache=True, fastmath=_FM)
-def _house(at, r, c, ssq, rdiag, taus, scs):
+def _house(at, r, c, ssq, rdiag, w, ot, osc):
     """Householder reflector of row ``r`` of ``at`` at diagonal position ``c`` (``dlarfg``).
 
     ``ssq`` is the plain sum of squares of the tail ``at[r, c+1:]``. Sets ``rdiag[r] = beta``,
-    ``taus[r] = tau``, ``scs[r] = 1 / (alpha - beta)`` (the factor that turns the tail into the
+    ``tau[r] = tau`` and ``sc[r] = 1 / (alpha - beta)`` (the factor that turns the tail into the
     Householder vector; the tail itself is scaled at the end of the panel, or here, with
-    ``scs[r] = 1``, when that factor is far from 1) and ``at[r, c] = 1``.
+    ``sc[r] = 1``, when that factor is far from 1), where ``tau`` and ``sc`` are the vectors at
+    offsets ``ot`` and ``osc`` of ``w``, and ``at[r, c] = 1``.
     """
     lo, hi, safmin = _limits(at)
     n = at.shape[1]
@@ -252,8 +267,8 @@ def _house(at, r, c, ssq, rdiag, taus, scs):
             beta *= safmin
     at[r, c] = 1.0
     rdiag[r] = beta
-    taus[r] = tau
-    scs[r] = sc
+    w[ot + r] = tau
+    w[osc + r] = sc
 
 
 @njit(cache=True, fastmath=_FM)
@@ -287,14 +302,16 @@ def _dots(at, r0, cnt, r, c, out, o):
 
 
 @njit(cache=True, fastmath=_FM)
-def _panel(at, j0, nbb, rdiag, taus, scs, g, s):
+def _panel(at, j0, nbb, rdiag, w, ot, osc, og, os):
     """Factor the panel of rows ``j0 .. j0+nbb-1`` of ``at`` (columns of A) from position ``j0``.
 
-    On exit row ``j0 + p`` holds the Householder vector ``v_p`` from position ``j0`` on (zeros
-    before ``j0 + p``, 1 there, the scaled tail after), ``rdiag``/``taus`` hold ``beta``/``tau``
-    and ``g[q + p*nbb] = v_q . v_p`` for ``q < p`` (column-major Gram matrix, upper part).
+    The vectors ``tau``, ``sc``, ``g`` and ``s`` are those at offsets ``ot``, ``osc``, ``og`` and
+    ``os`` of ``w``. On exit row ``j0 + p`` holds the Householder vector ``v_p`` from position
+    ``j0`` on (zeros before ``j0 + p``, 1 there, the scaled tail after), ``rdiag``/``tau`` hold
+    ``beta``/``tau`` and ``g[q + p*nbb] = v_q . v_p`` for ``q < p`` (column-major Gram matrix,
+    upper part).
 
-    Tails are kept unscaled (``v_p = [1, scs[p] * tail]``) until the end of the panel.
+    Tails are kept unscaled (``v_p = [1, sc[p] * tail]``) until the end of the panel.
     ``s[j0 + i]`` carries the dot product of row ``j0 + i`` with the next reflector between
     iterations.
     """
@@ -304,22 +321,22 @@ def _panel(at, j0, nbb, rdiag, taus, scs, g, s):
     ssq = zero
     for ll in range(_u(j0 + 1), _u(n)):
         ssq += at[j0, ll] * at[j0, ll]
-    _house(at, j0, j0, ssq, rdiag, taus, scs)
+    _house(at, j0, j0, ssq, rdiag, w, ot, osc)
     if nbb > 1:
         # s[i] = v_0 . row i = row_i[j0] + sc_0 * (tail_0 . row_i[j0+1:])
-        _dots(at, j0 + 1, nbb - 1, j0, j0 + 1, s, j0 + 1)
-        sc0 = scs[j0]
+        _dots(at, j0 + 1, nbb - 1, j0, j0 + 1, w, os + j0 + 1)
+        sc0 = w[osc + j0]
         for i in range(j0 + 1, j0 + nbb):
-            s[i] = at[i, j0] + sc0 * s[i]
+            w[os + i] = at[i, j0] + sc0 * w[os + i]
     for p in range(nbb - 1):
         j = j0 + p
         r = j + 1
-        tau = taus[j]
-        scp = scs[j]
+        tau = w[ot + j]
+        scp = w[osc + j]
         # at[j, j + 2:] is the unscaled tail of v_p beyond position j + 1
         vp1 = scp * at[j, j + 1]  # v_p at position j + 1
         # row p+1: apply reflector p; sum the squares of its new tail on the way
-        c = tau * s[r]
+        c = tau * w[os + r]
         cs = _cast(at, c * scp)
         at[r, j] -= c
         at[r, j + 1] -= c * vp1
@@ -328,15 +345,15 @@ def _panel(at, j0, nbb, rdiag, taus, scs, g, s):
             t = at[r, ll] - cs * at[j, ll]
             at[r, ll] = t
             ssq += t * t
-        _house(at, r, j + 1, ssq, rdiag, taus, scs)
+        _house(at, r, j + 1, ssq, rdiag, w, ot, osc)
         # at[r, j + 2:] is now the unscaled tail of v_{p+1}
-        scq = scs[r]
+        scq = w[osc + r]
         # rows p+2.. : apply reflector p and take the dot product with reflector p+1
         ra = j0 + p + 2
         while ra + 2 <= j0 + nbb:
             rb = ra + 1
-            ca = tau * s[ra]
-            cb = tau * s[rb]
+            ca = tau * w[os + ra]
+            cb = tau * w[os + rb]
             at[ra, j] -= ca
             at[rb, j] -= cb
             ha = at[ra, j + 1] - ca * vp1
@@ -349,18 +366,18 @@ def _panel(at, j0, nbb, rdiag, taus, scs, g, s):
             db = zero
             for ll in range(_u(j + 2), _u(n)):
                 u = at[j, ll]
-                w = at[r, ll]
+                vq = at[r, ll]
                 t0 = at[ra, ll] - csa * u
                 t1 = at[rb, ll] - csb * u
                 at[ra, ll] = t0
                 at[rb, ll] = t1
-                da += t0 * w
-                db += t1 * w
-            s[ra] = ha + scq * da
-            s[rb] = hb + scq * db
+                da += t0 * vq
+                db += t1 * vq
+            w[os + ra] = ha + scq * da
+            w[os + rb] = hb + scq * db
             ra += 2
         if ra < j0 + nbb:
-            ca = tau * s[ra]
+            ca = tau * w[os + ra]
             at[ra, j] -= ca
             ha = at[ra, j + 1] - ca * vp1
             at[ra, j + 1] = ha
@@ -370,18 +387,18 @@ def _panel(at, j0, nbb, rdiag, taus, scs, g, s):
                 t0 = at[ra, ll] - csa * at[j, ll]
                 at[ra, ll] = t0
                 da += t0 * at[r, ll]
-            s[ra] = ha + scq * da
+            w[os + ra] = ha + scq * da
         # Gram column p+1: v_q . v_{p+1} = sc_q (row_q[j+1] + sc_{p+1} (tail_q . tail_{p+1}))
         go = (p + 1) * nbb
-        _dots(at, j0, p + 1, r, j + 2, g, go)
+        _dots(at, j0, p + 1, r, j + 2, w, og + go)
         for q in range(p + 1):
-            g[go + q] = scs[j0 + q] * (at[j0 + q, j + 1] + scq * g[go + q])
+            w[og + go + q] = w[osc + j0 + q] * (at[j0 + q, j + 1] + scq * w[og + go + q])
     # scale the tails, clear the R part above each diagonal
     for p in range(nbb):
         j = j0 + p
         for q in range(j0, j):
             at[j, q] = 0.0
-        sc = _cast(at, scs[j])
+        sc = _cast(at, w[osc + j])
         for ll in range(_u(j + 1), _u(n)):
             at[j, ll] *= sc
 
@@ -397,28 +414,23 @@ def _vt_copy(at, j0, nbb, vt, o):
 
 
 @njit(cache=True, fastmath=_FM)
-def _larft(taus, to, g, tc, ttc, o, nbb):
+def _larft(w, ot, og, otc, ottc, nbb):
     """Triangular factor ``T`` of ``H_0 ... H_{nbb-1} = I - V T V^T`` (``dlarft``, forward,
-    columnwise) from the Gram matrix ``g`` and ``taus[to:to + nbb]``. Writes ``T``
-    (``tc[o:]``) and ``T^T`` (``ttc[o:]``), both column-major ``nbb x nbb``."""
+    columnwise) from the Gram matrix (``w[og:]``) and the ``tau`` (``w[ot:ot + nbb]``). Writes
+    ``T`` (``w[otc:]``) and ``T^T`` (``w[ottc:]``), both column-major ``nbb x nbb``."""
     for p in range(nbb):
-        tau = taus[to + p]
-        col = o + p * nbb
+        tau = w[ot + p]
+        col = otc + p * nbb
         for i in range(nbb):
-            tc[col + i] = 0.0
+            w[col + i] = 0.0
         for q in range(p):
-            w = -tau * g[p * nbb + q]
+            f = -tau * w[og + p * nbb + q]
             for i in range(q + 1):
-                tc[col + i] += tc[o + q * nbb + i] * w
-        tc[col + p] = tau
+                w[col + i] += w[otc + q * nbb + i] * f
+        w[col + p] = tau
     for p in range(nbb):
         for i in range(nbb):
-            ttc[o + p * nbb + i] = tc[o + i * nbb + p]
-
-
-# ---------------------------------------------------------------------------------------------
-# Driver
-# ---------------------------------------------------------------------------------------------
+            w[ottc + p * nbb + i] = w[otc + i * nbb + p]
 
 
 @njit(cache=True)
@@ -536,35 +548,21 @@ def _qr_core(at, qt, rdiag, work, nb):
     nblk = (k + nb - 1) // nb
     if work.shape[0] < _workspace_size_nb(k, n, nb):
         raise ValueError("householder_qr_rows_ws: work array too small")
-    # carve the work array
-    o = 0
-    one = work[o:o + 1]
-    zero = work[o + 1:o + 2]
-    mone = work[o + 2:o + 3]
-    one[0] = 1.0
-    zero[0] = 0.0
-    mone[0] = -1.0
-    o += 4
-    taus = work[o:o + k]
-    o += k
-    scs = work[o:o + k]
-    o += k
-    s = work[o:o + k]
-    o += k
-    g = work[o:o + nb * nb]
-    o += nb * nb
-    tcs = work[o:o + nblk * nb * nb]
-    o += nblk * nb * nb
-    ttcs = work[o:o + nblk * nb * nb]
-    o += nblk * nb * nb
-    vts = work[o:o + k * n]
-    o += k * n
-    y1 = work[o:o + nb * k]
-    o += nb * k
-    y2 = work[o:o + nb * k]
-
-    fa = at.reshape(k * n)
-    fq = qt.reshape(k * n)
+    # the work array's parts, by offset: slices would cost a reference-count pair each
+    work[0] = 1.0
+    work[1] = 0.0
+    work[2] = -1.0
+    one, zero, mone = _at(work, 0), _at(work, 1), _at(work, 2)
+    ot = 4  # tau, k
+    osc = ot + k  # sc, k
+    os = osc + k  # s, k
+    og = os + k  # the panel's Gram matrix, nb * nb
+    otc = og + nb * nb  # T of every panel, nblk * nb * nb
+    ottc = otc + nblk * nb * nb  # T^T of every panel, nblk * nb * nb
+    ovt = ottc + nblk * nb * nb  # V^T of every panel, k * n
+    oy1 = ovt + k * n  # nb * k
+    oy2 = oy1 + nb * k  # nb * k
+    y1, y2 = _at(work, oy1), _at(work, oy2)
 
     # ---- R phase: panels, right-looking trailing updates C -= V T^T (V^T C)
     for b in range(nblk):
@@ -572,19 +570,19 @@ def _qr_core(at, qt, rdiag, work, nb):
         nbb = min(nb, k - j0)
         j1 = j0 + nbb
         m = n - j0
-        _panel(at, j0, nbb, rdiag, taus, scs, g, s)
-        _larft(taus, j0, g, tcs, ttcs, b * nb * nb, nbb)
+        _panel(at, j0, nbb, rdiag, work, ot, osc, og, os)
+        _larft(work, ot + j0, og, otc + b * nb * nb, ottc + b * nb * nb, nbb)
         if nblk > 1:  # V^T serves the trailing update and the blocked Q phase only
-            _vt_copy(at, j0, nbb, vts, j0 * n)
+            _vt_copy(at, j0, nbb, work, ovt + j0 * n)
         nt = k - j1
         if nt > 0:
-            vt = vts[j0 * n:]
-            ttc = ttcs[b * nb * nb:]
-            vo = j0 * n + j0  # V: m x nbb, ld n
-            co = j1 * n + j0  # C = A[j0:, j1:]: m x nt, ld n
-            _gemm(_N, _N, nbb, nt, m, one, vt, nbb, fa[co:], n, zero, y1, nbb)
+            vt = _at(work, ovt + j0 * n)
+            ttc = _at(work, ottc + b * nb * nb)
+            v = _at(at, j0 * n + j0)  # V: m x nbb, ld n
+            c = _at(at, j1 * n + j0)  # C = A[j0:, j1:]: m x nt, ld n
+            _gemm(_N, _N, nbb, nt, m, one, vt, nbb, c, n, zero, y1, nbb)
             _gemm(_N, _N, nbb, nt, nbb, one, ttc, nbb, y1, nbb, zero, y2, nbb)
-            _gemm(_N, _N, m, nt, nbb, mone, fa[vo:], n, y2, nbb, one, fa[co:], n)
+            _gemm(_N, _N, m, nt, nbb, mone, v, n, y2, nbb, one, c, n)
 
     # ---- Q phase: Q = H_0 ... H_{k-1} [I; 0], accumulated backwards
     qt[:, :] = 0.0
@@ -596,23 +594,22 @@ def _qr_core(at, qt, rdiag, work, nb):
         j1 = j0 + nbb
         m = n - j0
         nc = k - j0
-        vo = j0 * n + j0
-        vt = vts[j0 * n:]
-        tc = tcs[b * nb * nb:]
         # Y = V^T Q[j0:, j0:k]; the panel's own columns are still e_i: Y[:, :nbb] = V1^T,
         # and rows j0..j1-1 of the later columns are still zero
         for c in range(nbb):
-            row = at[j0:j1, j0 + c]
             for p in range(nbb):
-                y1[c * nbb + p] = row[p]
+                work[oy1 + c * nbb + p] = at[j0 + p, j0 + c]
         if nc > nbb:
             if m > nbb:
-                _gemm(_N, _N, nbb, nc - nbb, m - nbb, one, vt[nbb * nbb:], nbb,
-                      fq[j1 * n + j1:], n, zero, y1[nbb * nbb:], nbb)
+                _gemm(_N, _N, nbb, nc - nbb, m - nbb, one, _at(work, ovt + j0 * n + nbb * nbb),
+                      nbb, _at(qt, j1 * n + j1), n, zero, _at(work, oy1 + nbb * nbb), nbb)
             else:
-                y1[nbb * nbb:nbb * nc] = 0.0
-        _gemm(_N, _N, nbb, nc, nbb, one, tc, nbb, y1, nbb, zero, y2, nbb)
-        _gemm(_N, _N, m, nc, nbb, mone, fa[vo:], n, y2, nbb, one, fq[vo:], n)
+                for i in range(nbb * nbb, nbb * nc):
+                    work[oy1 + i] = 0.0
+        _gemm(_N, _N, nbb, nc, nbb, one, _at(work, otc + b * nb * nb), nbb, y1, nbb, zero, y2,
+              nbb)
+        _gemm(_N, _N, m, nc, nbb, mone, _at(at, j0 * n + j0), n, y2, nbb, one,
+              _at(qt, j0 * n + j0), n)
 
 
 @njit(cache=True)
