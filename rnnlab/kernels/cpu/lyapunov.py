@@ -16,7 +16,7 @@ from numba import njit, prange
 from ..._blas import blas_threads_for
 from ...activations import activate, derivative_from_output
 from .blas import _madd
-from .qr import householder_qr_rows_ws, qr_workspace_size
+from .qr import _N, _at, _gemm, householder_qr_rows_ws, qr_workspace_size
 
 
 @njit(cache=True)
@@ -155,19 +155,30 @@ def gradient_log_norms_diag(w_hh, deriv, local, u, log_scale, out):
 
 
 @njit(cache=True)
-def _advance_block(w_hh_t, deriv, s, steps, block, spare):
-    """``steps`` steps of one row block from step ``s``: ``B <- (B W^T) diag(g'_t)``,
-    alternating between ``block`` and ``spare``: the result is in ``spare`` when ``steps`` is
-    odd, in ``block`` when it is even."""
-    rows, n = block.shape
+def _frame_step(w_hh_t, deriv, t, src, dst, p, consts):
+    """``dst[p] = (src[p] W^T) diag(deriv[t])`` for block ``p`` of a frame in row blocks: one
+    BLAS call on pointers (row blocks as slices cost a reference-count pair each, as much as
+    the product of a small frame)."""
+    rows, n = src.shape[1], src.shape[2]
+    o = p * rows * n
+    # row-major dst = src @ w_hh_t is column-major dst^T = w_hh_t^T src^T
+    _gemm(_N, _N, n, rows, n, _at(consts, 0), _at(w_hh_t, 0), n, _at(src, o), n,
+          _at(consts, 1), _at(dst, o), n)
+    for r in range(rows):
+        for j in range(n):
+            dst[p, r, j] *= deriv[t, j]
+
+
+@njit(cache=True)
+def _advance_block(w_hh_t, deriv, s, steps, blocks, spare, p, consts):
+    """``steps`` steps of row block ``p`` from step ``s``: ``B <- (B W^T) diag(g'_t)``,
+    alternating between ``blocks`` and ``spare``: the result is in ``spare`` when ``steps`` is
+    odd, in ``blocks`` when it is even. ``consts`` holds 1 and 0 (BLAS's alpha and beta)."""
     for q in range(steps):
-        src = block if q % 2 == 0 else spare
-        dst = spare if q % 2 == 0 else block
-        np.dot(src, w_hh_t, dst)
-        d = deriv[s + q]
-        for r in range(rows):
-            for j in range(n):
-                dst[r, j] *= d[j]
+        if q % 2 == 0:
+            _frame_step(w_hh_t, deriv, s + q, blocks, spare, p, consts)
+        else:
+            _frame_step(w_hh_t, deriv, s + q, spare, blocks, p, consts)
 
 
 @njit(cache=True, parallel=True)
@@ -197,16 +208,19 @@ def qr_lyapunov_diag(w_hh_t, deriv, t0, t1, blocks, spare, gathered, qt, rdiag, 
         As :func:`qr_lyapunov_chunk`.
     """
     n_blocks = blocks.shape[0]
+    consts = np.empty(2, dtype=blocks.dtype)
+    consts[0] = 1.0
+    consts[1] = 0.0
     s = t0
     while s < t1:
         steps = min(m - phase[0], t1 - s)
         if n_blocks == 1:
             # one block: no parallel region (even on one thread, entering one costs about as
             # much as a small frame's step)
-            _advance_block(w_hh_t, deriv, s, steps, blocks[0], spare[0])
+            _advance_block(w_hh_t, deriv, s, steps, blocks, spare, 0, consts)
         else:
             for p in prange(n_blocks):
-                _advance_block(w_hh_t, deriv, s, steps, blocks[p], spare[p])
+                _advance_block(w_hh_t, deriv, s, steps, blocks, spare, p, consts)
         s += steps
         phase[0] += steps
         # odd step counts leave the frame in ``spare``
